@@ -1,0 +1,28 @@
+"""The error family every command maps to one line and exit code 2.
+
+A message names the file and the problem; callers never let a library traceback reach the user.
+"""
+from __future__ import annotations
+
+import os
+
+
+class ValleExportError(Exception):
+    """A user-facing failure: `str(err)` is the one line the CLI prints."""
+
+    def __init__(self, problem: str, path: str | os.PathLike | None = None):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class BadCheckpoint(ValleExportError):
+    """Missing, corrupt or inconsistent checkpoint (names, shapes, config)."""
+
+
+class UnsupportedModel(ValleExportError):
+    """A valid checkpoint of a variant this tool refuses by name (v2 models, unsupported flags)."""
+
+
+class BadInput(ValleExportError):
+    """Bad user input other than a checkpoint: fixture files, token ids, options."""
