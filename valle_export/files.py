@@ -17,6 +17,13 @@ from typing import Iterator
 from .errors import BadCheckpoint, ValleExportError
 
 
+def _public_mode(is_dir: bool = False) -> int:
+    """The mode a plain `open()` would give (temp files are created 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if is_dir else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `final`; on success rename it over `final`, on failure remove it."""
@@ -27,6 +34,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, _public_mode())
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -45,6 +53,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         final.mkdir(exist_ok=True)
         for item in sorted(tmp.iterdir()):
+            os.chmod(item, _public_mode(item.is_dir()))
             os.replace(item, final / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,77 @@
+"""Shared test inputs: the golden fixtures, seeded tiny demo models, and the GPU marker."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# The shared fixtures (outputs of the ORIGINAL implementation); a copy is vendored under parity_tests/fixtures
+# so that a clean checkout tests against them too. VALLE_FIXTURES overrides both.
+_CANDIDATES = [Path(os.environ["VALLE_FIXTURES"])] if os.environ.get("VALLE_FIXTURES") else [
+    REPO.parent / "shared" / "fixtures", REPO / "parity_tests" / "fixtures"]
+
+
+def fixture_dirs() -> list[Path]:
+    for root in _CANDIDATES:
+        if root.is_dir():
+            found = sorted(p for p in root.iterdir() if (p / "cases.safetensors").is_file())
+            if found:
+                return found
+    return []
+
+
+def has_cuda() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers() and shutil.which("nvidia-smi") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+# Demo model variants used across backends: (hidden_act, positions, masks)
+DEMO_VARIANTS = [
+    ("gelu", "segmented", "noncausal"),
+    ("gelu", "unified", "causal"),
+    ("silu", "segmented", "causal"),
+    ("silu", "unified", "noncausal"),
+]
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory):
+    """Factory: path of a tiny native demo checkpoint for a variant, written once per session."""
+    from reference_model.demo import DemoSpec, write_demo_checkpoint
+
+    made: dict[tuple, Path] = {}
+
+    def make(hidden_act="gelu", positions="segmented", masks="noncausal", seed=0) -> Path:
+        key = (hidden_act, positions, masks, seed)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"demo-{hidden_act}-{positions}-{masks}-{seed}")
+            write_demo_checkpoint(out, DemoSpec("tiny", seed, hidden_act, positions, masks == "noncausal"))
+            made[key] = out
+        return made[key]
+
+    return make
+
+
+def random_conditioning(seed: int = 0, phonemes: int = 17, prompt_frames: int = 23):
+    """Deterministic random text / prompt (ids inside the demo model's tables)."""
+    from runtimes.pipeline import Conditioning
+
+    rng = np.random.default_rng(seed)
+    phn = np.concatenate([[1], rng.integers(3, 256, phonemes - 2), [2]]).astype(np.int64)
+    return Conditioning(phn, int(rng.integers(0, 6)), rng.integers(0, 1024, (prompt_frames, 8)).astype(np.int64))

@@ -1,0 +1,162 @@
+"""The `valle-export` command line. Each command parses options, calls one library function, and maps
+`ValleExportError` to one line on stderr with exit code 2. Heavy modules (torch) are imported inside the
+commands that need them, so the runtime commands never import torch."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from . import names
+from .errors import ValleExportError
+from .progress import Progress
+
+
+def _one_line_errors(fn):
+    """Turn a `ValleExportError` (or a missing file) into `error: <file>: <problem>` and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValleExportError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="valle-export")
+def main() -> None:
+    """Export VALL-E checkpoints to portable formats and run them without the training stack."""
+
+
+@main.command("convert")
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@quiet_option
+@_one_line_errors
+def convert_cmd(ckpt: Path, out_dir: Path, quiet: bool) -> None:
+    """Write the uniform-ID HF folder (LlamaForCausalLM + layout + head biases) of CKPT to OUT_DIR."""
+    progress = Progress(quiet)
+    progress.stage(f"loading {ckpt}")
+    from reference_model.hf_folder import save_uniform_folder
+    from reference_model.load import load_reference, tokenizer_beside
+
+    model = load_reference(ckpt)
+    progress.stage(f"writing {out_dir} (vocab {model.layout.vocab_size}, {model.cfg.n_layers} layers)")
+    save_uniform_folder(model, out_dir, tokenizer_beside(ckpt))
+    progress.stage("done")
+
+
+@main.command("demo-checkpoint")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--hidden-act", type=click.Choice(["gelu", "silu"]), default="gelu", show_default=True)
+@click.option("--positions", type=click.Choice([names.POSITIONS_SEGMENTED, names.POSITIONS_UNIFIED]),
+              default=names.POSITIONS_SEGMENTED, show_default=True)
+@click.option("--masks", type=click.Choice(["noncausal", "causal"]), default="noncausal", show_default=True,
+              help="noncausal: NAR passes attend bidirectionally (released models); causal: every pass causal.")
+@click.option("--capabilities", default="ar,nar,len", show_default=True)
+@quiet_option
+@_one_line_errors
+def demo_checkpoint_cmd(out: Path, size: str, seed: int, hidden_act: str, positions: str, masks: str,
+                        capabilities: str, quiet: bool) -> None:
+    """Write a seeded random-weight native checkpoint (OUT/fp32.sft); `--size full` is the released shape."""
+    from .errors import BadInput
+
+    caps = tuple(c.strip() for c in capabilities.split(",") if c.strip())
+    unknown = sorted(set(caps) - {"ar", "nar", "len"})
+    if unknown or not caps:
+        raise BadInput(f"--capabilities: unknown capability {', '.join(unknown) or '(empty)'} (ar, nar, len)")
+    progress = Progress(quiet)
+    progress.stage(f"drawing {size} weights (seed {seed})")
+    from reference_model.demo import DemoSpec, write_demo_checkpoint
+
+    spec = DemoSpec(size, seed, hidden_act, positions, masks == "noncausal", caps)
+    path = write_demo_checkpoint(out, spec)
+    progress.stage(f"wrote {path}")
+
+
+@main.command("check-fixture")
+@click.argument("fixture_dir", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@_one_line_errors
+def check_fixture_cmd(fixture_dir: Path, backend: str) -> None:
+    """Run a golden fixture (checkpoint + recorded outputs of the original) and report per-case errors.
+    Exit 1 if any case is beyond tolerance."""
+    from reference_model.backend import TorchBackend
+    from reference_model.load import load_reference
+    from runtimes.fixture_check import check_fixture
+
+    runner = TorchBackend(load_reference(fixture_dir))
+    results = check_fixture(fixture_dir, runner)
+    for r in results:
+        click.echo(r.line())
+    failed = [r for r in results if not r.ok]
+    click.echo(f"{backend}: {len(results) - len(failed)}/{len(results)} cases ok")
+    if failed:
+        sys.exit(1)
+
+
+@main.command("generate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--phonemes", default="1,40,62,9,33,4,115,25,11,2", show_default=True,
+              help="Phoneme token ids, comma separated (bos 1 ... eos 2).")
+@click.option("--lang", type=int, default=0, show_default=True)
+@click.option("--prompt-frames", type=int, default=75, show_default=True,
+              help="Length of the seeded random acoustic prompt (frames of 8 codes).")
+@click.option("--max-frames", type=int, default=75, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-cache", is_flag=True, help="Recompute the whole sequence every AR step, as the original does.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
+@quiet_option
+@_one_line_errors
+def generate_cmd(model: Path, phonemes: str, lang: int, prompt_frames: int, max_frames: int, seed: int,
+                 no_cache: bool, as_json: bool, quiet: bool) -> None:
+    """Greedy AR + NAR codes on the torch reference (no audio): the baseline every backend must match."""
+    import json
+    import time
+
+    import numpy as np
+
+    from reference_model.backend import TorchBackend
+    from reference_model.load import load_reference
+    from runtimes.pipeline import Conditioning, generate_ar, generate_nar
+
+    from .errors import BadInput
+
+    try:
+        phn = np.array([int(x) for x in phonemes.split(",")], dtype=np.int64)
+    except ValueError:
+        raise BadInput(f"--phonemes: not a comma-separated list of integers: {phonemes!r}") from None
+    progress = Progress(quiet)
+    progress.stage(f"loading {model}")
+    backend = TorchBackend(load_reference(model))
+    prompt = np.random.default_rng(seed).integers(0, backend.layout.audio_tokens, (prompt_frames, backend.layout.audio_levels))
+    cond = Conditioning(phn, lang, prompt)
+    progress.stage("AR level 0")
+    t0 = time.perf_counter()
+    codes0 = generate_ar(backend, cond, max_frames, use_cache=not no_cache)
+    t1 = time.perf_counter()
+    progress.stage(f"NAR levels 1..{backend.layout.audio_levels - 1}")
+    codes = generate_nar(backend, cond, codes0)
+    t2 = time.perf_counter()
+    summary = {"frames": int(len(codes0)), "ar_s": round(t1 - t0, 4), "ar_ms_per_step": round(1000 * (t1 - t0) / max(1, len(codes0)), 2),
+               "nar_s": round(t2 - t1, 4), "kv_cache": not no_cache, "codes_head": codes[:4, :].tolist()}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        for k, v in summary.items():
+            click.echo(f"{k:16s} {v}")
+
+
+if __name__ == "__main__":
+    main()
