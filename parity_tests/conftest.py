@@ -75,3 +75,23 @@ def random_conditioning(seed: int = 0, phonemes: int = 17, prompt_frames: int = 
     rng = np.random.default_rng(seed)
     phn = np.concatenate([[1], rng.integers(3, 256, phonemes - 2), [2]]).astype(np.int64)
     return Conditioning(phn, int(rng.integers(0, 6)), rng.integers(0, 1024, (prompt_frames, 8)).astype(np.int64))
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory, demo_checkpoint):
+    """Factory: folder of an ONNX export (fp32 unless asked) of a demo variant or of a checkpoint path."""
+    from converters.onnx_export import export_onnx
+    from reference_model.load import load_reference
+
+    made: dict[tuple, Path] = {}
+
+    def make(variant=DEMO_VARIANTS[0], dtype="fp32", quantize=None, checkpoint: Path | None = None) -> Path:
+        src = checkpoint or demo_checkpoint(*variant)
+        key = (str(src), dtype, quantize)
+        if key not in made:
+            out = made.get((str(src), "dir")) or tmp_path_factory.mktemp("onnx")
+            export_onnx(load_reference(src), out, dtype=dtype, quantize=quantize)
+            made[key] = made[(str(src), "dir")] = out
+        return made[key]
+
+    return make

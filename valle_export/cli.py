@@ -85,19 +85,61 @@ def demo_checkpoint_cmd(out: Path, size: str, seed: int, hidden_act: str, positi
     progress.stage(f"wrote {path}")
 
 
+@main.command("onnx")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--opset", type=int, default=23, show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Weights and compute of the backbone graph (its inputs and outputs stay float32).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Dynamic int8 MatMul weights (from the fp32 graph).")
+@quiet_option
+@_one_line_errors
+def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str | None, quiet: bool) -> None:
+    """Export MODEL (native checkpoint or uniform folder) to ONNX in OUT_DIR, verified against the reference."""
+    progress = Progress(quiet)
+    progress.stage(f"loading {model}")
+    from converters.onnx_export import export_onnx
+    from reference_model.load import load_reference
+
+    path = export_onnx(load_reference(model), out_dir, opset, dtype, quantize, progress)
+    progress.stage(f"wrote {path}")
+
+
+def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path):
+    """The backend to check: torch on the fixture's checkpoint, or an exported file (made now if not given)."""
+    if backend == "torch":
+        from reference_model.backend import TorchBackend
+        from reference_model.load import load_reference
+
+        return TorchBackend(load_reference(fixture_dir))
+    from runtimes.onnx_backend import OnnxBackend, SessionConfig
+
+    if model is None:
+        from converters.onnx_export import export_onnx
+        from reference_model.load import load_reference
+
+        model = tmp / "onnx"
+        export_onnx(load_reference(fixture_dir), model)
+    return OnnxBackend(model, SessionConfig(provider="cpu"))
+
+
 @main.command("check-fixture")
 @click.argument("fixture_dir", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="An exported model to check (default: export the fixture's checkpoint to a temp folder).")
 @_one_line_errors
-def check_fixture_cmd(fixture_dir: Path, backend: str) -> None:
+def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None) -> None:
     """Run a golden fixture (checkpoint + recorded outputs of the original) and report per-case errors.
     Exit 1 if any case is beyond tolerance."""
-    from reference_model.backend import TorchBackend
-    from reference_model.load import load_reference
+    import tempfile
+
     from runtimes.fixture_check import check_fixture
 
-    runner = TorchBackend(load_reference(fixture_dir))
-    results = check_fixture(fixture_dir, runner)
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = _fixture_backend(fixture_dir, backend, model, Path(tmp))
+        results = check_fixture(fixture_dir, runner)
     for r in results:
         click.echo(r.line())
     failed = [r for r in results if not r.ok]

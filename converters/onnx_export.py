@@ -1,0 +1,194 @@
+"""Export the uniform model to onnxruntime: one backbone graph + the tables and heads as runtime data.
+
+    OUT_DIR/backbone[.fp16|.int8].onnx (+ .onnx.data)   Llama decoder, interface in valle_export/graphs.py
+    OUT_DIR/valle_weights.safetensors                   flat input table, stacked heads, head biases (fp32)
+    OUT_DIR/valle_layout.json, valle_source_config.json also stored in each graph's metadata_props
+
+The wrapper takes and returns plain tensors and builds the transformers cache inside `forward`, so cache
+objects never reach the exported interface. It is exported with the dynamo exporter (opset 23 gives the
+standard Attention / RotaryEmbedding / RMSNormalization ops), with example sizes > 1 so no axis is frozen.
+The same graph serves AR prefill (past length 0), cached AR steps and the bidirectional NAR pass: the mask
+is an explicit additive input.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from valle_export import graphs, names
+from valle_export.errors import BadInput, ValleExportError
+from valle_export.files import atomic_dir
+from valle_export.progress import Progress
+from reference_model.model import UniformValleModel
+
+EXTERNAL_DATA_BYTES = 256 << 20  # graphs with more weight bytes than this keep them in a .onnx.data file
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+class BackboneWrapper(nn.Module):
+    """Plain tensors in and out; casts to `dtype` inside so the graph's I/O stays float32."""
+
+    def __init__(self, model: UniformValleModel, dtype: torch.dtype):
+        super().__init__()
+        self.decoder = model.llama.model
+        self.config = model.llama.config
+        self.dtype = dtype
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, past):
+        dt = self.dtype
+        cache = DynamicCache(ddp_cache_data=[(past[2 * i].to(dt), past[2 * i + 1].to(dt))
+                                             for i in range(len(past) // 2)], config=self.config)
+        out = self.decoder(inputs_embeds=inputs_embeds.to(dt), attention_mask=attention_mask.to(dt),
+                           position_ids=position_ids, cache=cache, use_cache=True)
+        presents = []
+        for layer in cache.layers:
+            presents += [layer.keys.float(), layer.values.float()]
+        return (out.last_hidden_state.float(), *presents)
+
+
+def backbone_graph_spec(model: UniformValleModel) -> graphs.GraphSpec:
+    c = model.llama.config
+    return graphs.backbone_spec(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size)
+
+
+def _example_inputs(model: UniformValleModel) -> tuple:
+    c = model.llama.config
+    batch, seq, past = 2, 5, 3  # > 1 everywhere: sizes 0 and 1 get specialised by torch.export
+    kv = [torch.randn(batch, c.num_key_value_heads, past, c.head_dim) for _ in range(2 * c.num_hidden_layers)]
+    return (torch.randn(batch, seq, c.hidden_size), torch.zeros(batch, 1, seq, seq + past),
+            torch.arange(seq).repeat(batch, 1), tuple(kv))
+
+
+def _dynamic_shapes(n_layers: int):
+    from torch.export import Dim
+
+    batch, seq = Dim("batch", min=1), Dim("sequence", min=1)
+    past, total = Dim("past_sequence", min=0), Dim("total_sequence", min=1)
+    kv = tuple({0: batch, 2: past} for _ in range(2 * n_layers))
+    return ({0: batch, 1: seq}, {0: batch, 2: seq, 3: total}, {0: batch, 1: seq}, kv)
+
+
+def _metadata(model: UniformValleModel, dtype: str) -> dict[str, str]:
+    return {graphs.META_LAYOUT: model.layout.to_json(), graphs.META_SOURCE_CONFIG: json.dumps(model.cfg.raw),
+            graphs.META_GRAPH: "backbone", graphs.META_DTYPE: dtype}
+
+
+def export_backbone(model: UniformValleModel, path: Path, dtype: str, opset: int) -> None:
+    """torch.export the wrapper and save `path` (external data when large), metadata attached."""
+    import onnx
+
+    spec = backbone_graph_spec(model)
+    wrapper = BackboneWrapper(model, DTYPES[dtype]).eval()
+    if dtype != "fp32":
+        wrapper = wrapper.to(DTYPES[dtype])
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # torchvision-not-installed notices
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, _example_inputs(model), input_names=spec.input_names, output_names=spec.output_names,
+            dynamic_shapes=_dynamic_shapes(model.llama.config.num_hidden_layers), opset_version=opset,
+            dynamo=True, verbose=False)
+    proto = program.model_proto
+    for k, v in _metadata(model, dtype).items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    _save(proto, path)
+
+
+def _save(proto, path: Path) -> None:
+    import onnx
+
+    weight_bytes = sum(t.raw_data.__len__() for t in proto.graph.initializer)
+    if weight_bytes > EXTERNAL_DATA_BYTES:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 (MatMul weights, per-tensor) with onnxruntime's quantizer; metadata carried over."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint through the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         use_external_data_format=False)
+    finally:
+        root.setLevel(level)
+    proto = onnx.load(str(dst))
+    del proto.metadata_props[:]
+    meta[graphs.META_DTYPE] = "int8"
+    for k, v in meta.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    _save(proto, dst)
+
+
+def save_runtime_weights(model: UniformValleModel, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({graphs.EMBED_TENSOR: model.table.detach().contiguous(),
+               graphs.HEAD_WEIGHT_TENSOR: model.llama.lm_head.weight.detach().contiguous(),
+               graphs.HEAD_BIAS_TENSOR: model.head_bias.contiguous()}, str(path),
+              metadata={graphs.META_LAYOUT: model.layout.to_json()})
+
+
+def backbone_file(dtype: str, quantize: str | None) -> str:
+    suffix = "int8" if quantize else ("" if dtype == "fp32" else dtype)
+    return graphs.BACKBONE_FILE.replace(".onnx", f".{suffix}.onnx" if suffix else ".onnx")
+
+
+def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype: str = "fp32",
+                quantize: str | None = None, progress: Progress | None = None) -> Path:
+    """Write the backbone (+ runtime weights, layout) into `out_dir`, checked and verified; returns the graph."""
+    import onnx
+
+    progress = progress or Progress(quiet=True)
+    if dtype not in DTYPES:
+        raise BadInput(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if quantize not in (None, "int8"):
+        raise BadInput(f"--quantize {quantize!r}: only int8 is supported")
+    if quantize and dtype != "fp32":
+        raise BadInput("--quantize int8 starts from the fp32 graph; do not combine it with --dtype fp16")
+    if not 18 <= opset <= 23:
+        raise BadInput(f"--opset {opset}: supported opsets are 18..23")
+    name = backbone_file(dtype, quantize)
+    with atomic_dir(out_dir) as tmp:
+        work = Path(tempfile.mkdtemp(dir=tmp, prefix=".work"))
+        progress.stage(f"exporting backbone ({dtype}, opset {opset}, {model.cfg.n_layers} layers)")
+        raw = work / name if not quantize else work / "fp32.onnx"
+        export_backbone(model, raw, dtype, opset)
+        if quantize:
+            progress.stage("quantizing MatMul weights to int8 (dynamic)")
+            quantize_int8(raw, work / name)
+        progress.stage("checking graph (onnx.checker)")
+        try:
+            onnx.checker.check_model(str(work / name))
+        except onnx.checker.ValidationError as err:
+            raise ValleExportError(f"exported graph fails onnx.checker: {str(err).splitlines()[0]}", name) from None
+        for f in [work / name, work / (name + ".data")]:
+            if f.exists():
+                shutil.move(str(f), tmp / f.name)
+        shutil.rmtree(work)
+        save_runtime_weights(model, tmp / graphs.WEIGHTS_FILE)
+        (tmp / names.LAYOUT_FILE).write_text(model.layout.to_json())
+        (tmp / names.SOURCE_CONFIG_FILE).write_text(json.dumps(model.cfg.raw, indent=1))
+        progress.stage("verifying against the reference (onnxruntime)")
+        from .verify import verify_backbone
+
+        report = verify_backbone(model, tmp, variant=name)
+        progress.stage(report.summary())
+        if not report.ok:
+            raise ValleExportError(f"verification failed: {report.summary()}", out_dir / name)
+    return out_dir / name

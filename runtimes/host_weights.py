@@ -1,0 +1,45 @@
+"""The flat input table and the stacked heads, held in numpy: inputs are assembled and heads applied on the
+host (exact, biases included, and only the head a pass needs is computed)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from valle_export import graphs, sequence as seq
+from valle_export.errors import BadInput
+from valle_export.layout import Layout
+
+
+@dataclasses.dataclass
+class HostWeights:
+    table: np.ndarray  # [vocab, d] float32
+    head_weight: np.ndarray  # [vocab, d] float32
+    head_bias: np.ndarray  # [vocab] float32
+
+    @classmethod
+    def load(cls, path: Path, layout: Layout) -> "HostWeights":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            t = load_file(str(path))
+        except (SafetensorError, OSError, FileNotFoundError) as err:
+            raise BadInput(f"cannot read runtime weights ({err})", path) from None
+        want = {graphs.EMBED_TENSOR: (layout.vocab_size, layout.hidden_size),
+                graphs.HEAD_WEIGHT_TENSOR: (layout.vocab_size, layout.hidden_size),
+                graphs.HEAD_BIAS_TENSOR: (layout.vocab_size,)}
+        for name, shape in want.items():
+            if name not in t or t[name].shape != shape:
+                got = t[name].shape if name in t else "missing"
+                raise BadInput(f"tensor {name}: {got}, layout needs {shape}", path)
+        return cls(*(t[n].astype(np.float32) for n in want))
+
+    def embed(self, rows: np.ndarray) -> np.ndarray:
+        return seq.embed(self.table, rows)
+
+    def head_logits(self, hidden: np.ndarray, layout: Layout, head: str) -> np.ndarray:
+        """[n, head rows] = hidden [n, d] @ W[range].T + b[range], in float32."""
+        h = layout.head(head)
+        return (hidden.astype(np.float32) @ self.head_weight[h.start:h.stop].T + self.head_bias[h.start:h.stop])

@@ -1,0 +1,158 @@
+"""The onnxruntime backend (numpy + onnxruntime only): same pass API as the reference.
+
+Inputs are summed on the host from the exported table, the backbone graph runs the transformer with an
+explicit additive mask and position ids, and the head of the pass is applied on the host. The KV cache is
+kept as arrays between `prefill` and `extend`; on CUDA it stays on the device through IOBinding.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from valle_export import graphs, names, sequence as seq
+from valle_export.errors import BadInput
+from valle_export.layout import Layout
+
+from .host_weights import HostWeights
+
+OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionConfig:
+    """What a user may tune: provider ('auto' = CUDA when present), threads (0 = onnxruntime's default),
+    graph optimisation level, and which exported variant to load (fp32, fp16, int8)."""
+
+    provider: str = "auto"
+    threads: int = 0
+    optimization: str = "all"
+    variant: str = "fp32"
+
+
+def read_layout(folder: Path) -> Layout:
+    path = folder / names.LAYOUT_FILE
+    if not path.is_file():
+        raise BadInput(f"no {names.LAYOUT_FILE} (not a valle-export ONNX folder)", folder)
+    return Layout.from_json(path.read_text(), str(path))
+
+
+def _providers(choice: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if choice == "auto":
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    wanted = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(choice, choice)
+    if wanted not in available:
+        raise BadInput(f"execution provider {choice!r} is not available (have: {', '.join(available)})")
+    return [wanted, "CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [wanted]
+
+
+def variant_file(folder: Path, variant: str) -> Path:
+    name = graphs.BACKBONE_FILE if variant == "fp32" else graphs.BACKBONE_FILE.replace(".onnx", f".{variant}.onnx")
+    path = folder / name
+    if not path.is_file():
+        have = sorted(p.name for p in folder.glob("backbone*.onnx"))
+        raise BadInput(f"no {name} (exported variants here: {', '.join(have) or 'none'})", folder)
+    return path
+
+
+class OnnxBackend:
+    name = "onnx"
+    exact = True
+
+    def __init__(self, folder: str | Path, config: SessionConfig = SessionConfig()):
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        self.layout = read_layout(folder)
+        self.weights = HostWeights.load(folder / graphs.WEIGHTS_FILE, self.layout)
+        self.path = variant_file(folder, config.variant)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = config.threads
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[config.optimization])
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=_providers(config.provider))
+        except Exception as err:  # onnxruntime raises its own untyped exceptions for a corrupt file
+            raise BadInput(f"onnxruntime cannot load the graph ({str(err).splitlines()[0][:200]})", self.path) from None
+        self._check_interface()
+        self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        self._past: list | None = None
+        self._cached = 0
+
+    def _check_interface(self) -> None:
+        ins = {i.name: i for i in self.session.get_inputs()}
+        kv = ins.get(graphs.past_name(0, "key"))
+        if kv is None or "inputs_embeds" not in ins:
+            raise BadInput("graph inputs are not the valle-export backbone interface", self.path)
+        self.n_layers = sum(1 for n in ins if n.endswith(".key"))
+        self.kv_heads, self.head_dim = int(kv.shape[1]), int(kv.shape[3])
+        spec = graphs.backbone_spec(self.n_layers, self.kv_heads, self.head_dim, self.layout.hidden_size)
+        got_in = [i.name for i in self.session.get_inputs()]
+        got_out = [o.name for o in self.session.get_outputs()]
+        if got_in != spec.input_names or got_out != spec.output_names:
+            raise BadInput("graph inputs/outputs do not match the backbone spec", self.path)
+
+    # --- the transformer ---------------------------------------------------------------------------------
+    def _empty_past(self) -> list[np.ndarray]:
+        z = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        return [z] * (2 * self.n_layers)
+
+    def hidden(self, rows: np.ndarray, positions: np.ndarray, causal: bool, past: list | None = None):
+        """(final-norm hidden [n, d], present key/values) for rows appended after `past`."""
+        past = past if past is not None else self._empty_past()
+        past_len = self._past_len(past)
+        feeds = {
+            "inputs_embeds": self.weights.embed(rows)[None],
+            "attention_mask": seq.additive_mask(causal, len(rows), past_len),
+            "position_ids": np.asarray(positions, dtype=np.int64)[None],
+        }
+        if self.on_cuda:
+            return self._run_bound(feeds, past)
+        feeds.update({graphs.past_name(i // 2, ("key", "value")[i % 2]): p for i, p in enumerate(past)})
+        out = self.session.run(None, feeds)
+        return out[0][0], out[1:]
+
+    def _past_len(self, past: list) -> int:
+        p = past[0]
+        return int(p.shape()[2] if callable(getattr(p, "shape", None)) else p.shape[2])
+
+    def _run_bound(self, feeds: dict, past: list):
+        """CUDA: inputs copied once, the cache bound as device OrtValues in and out (never leaves the GPU)."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for i, p in enumerate(past):
+            name = graphs.past_name(i // 2, ("key", "value")[i % 2])
+            if isinstance(p, np.ndarray):
+                p = ort.OrtValue.ortvalue_from_numpy(p, "cuda", 0)
+            binding.bind_ortvalue_input(name, p)
+        binding.bind_output("last_hidden_state", "cpu")
+        for i in range(2 * self.n_layers):
+            binding.bind_output(graphs.present_name(i // 2, ("key", "value")[i % 2]), "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        return outs[0].numpy()[0], list(outs[1:])
+
+    # --- pass API -----------------------------------------------------------------------------------------
+    def logits(self, spec: seq.PassSpec) -> np.ndarray:
+        hidden, _ = self.hidden(spec.rows, spec.positions, spec.causal)
+        return self.weights.head_logits(hidden[spec.out_start:], self.layout, spec.head)
+
+    def prefill(self, spec: seq.PassSpec) -> np.ndarray:
+        self._past, self._cached = None, 0
+        return self.extend(spec)
+
+    def extend(self, spec: seq.PassSpec) -> np.ndarray:
+        if not spec.causal:
+            raise ValueError("a KV cache only serves causal passes")
+        new = slice(self._cached, spec.length)
+        hidden, self._past = self.hidden(spec.rows[new], spec.positions[new], True, self._past)
+        self._cached = spec.length
+        return self.weights.head_logits(hidden[-1:], self.layout, spec.head)[0]

@@ -1,0 +1,68 @@
+"""The interface of every exported ONNX graph, declared once: used by the exporter (names, dynamic axes),
+the checker (a session's inputs and outputs must match) and the runtimes (binding by name).
+
+Names follow the ecosystem (optimum, onnxruntime-genai): `inputs_embeds`, `attention_mask`, `position_ids`,
+`past_key_values.{i}.key|value`, `present.{i}.key|value`. The mask's last axis has its own symbolic dim
+(`total_sequence`): the dynamo exporter rejects a sum of two dynamic dims. Imports: stdlib.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+FLOAT, INT64 = "float32", "int64"
+
+BACKBONE_FILE = "backbone.onnx"
+WEIGHTS_FILE = "valle_weights.safetensors"  # flat table, stacked heads, head biases (read by the runtime)
+EMBED_TENSOR = "embed_tokens.weight"
+HEAD_WEIGHT_TENSOR = "lm_head.weight"
+HEAD_BIAS_TENSOR = "lm_head.bias"
+META_LAYOUT = "valle.layout"
+META_SOURCE_CONFIG = "valle.source_config"
+META_GRAPH = "valle.graph"
+META_DTYPE = "valle.dtype"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    dims: tuple[str | int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def past_name(layer: int, kind: str) -> str:
+    return f"past_key_values.{layer}.{kind}"
+
+
+def present_name(layer: int, kind: str) -> str:
+    return f"present.{layer}.{kind}"
+
+
+def backbone_spec(n_layers: int, n_heads: int, head_dim: int, hidden: int) -> GraphSpec:
+    """Llama decoder without embedding or head: AR prefill, AR decode and the bidirectional NAR pass."""
+    kv_in = [TensorSpec(past_name(i, k), FLOAT, ("batch", n_heads, "past_sequence", head_dim))
+             for i in range(n_layers) for k in ("key", "value")]
+    kv_out = [TensorSpec(present_name(i, k), FLOAT, ("batch", n_heads, "total_sequence", head_dim))
+              for i in range(n_layers) for k in ("key", "value")]
+    inputs = (
+        TensorSpec("inputs_embeds", FLOAT, ("batch", "sequence", hidden)),
+        TensorSpec("attention_mask", FLOAT, ("batch", 1, "sequence", "total_sequence")),
+        TensorSpec("position_ids", INT64, ("batch", "sequence")),
+        *kv_in,
+    )
+    outputs = (TensorSpec("last_hidden_state", FLOAT, ("batch", "sequence", hidden)), *kv_out)
+    return GraphSpec("backbone", inputs, outputs)
