@@ -12,6 +12,9 @@ from valle_export.errors import BadInput
 from valle_export.layout import Layout
 
 
+SMALL_BATCH_ROWS = 8
+
+
 @dataclasses.dataclass
 class HostWeights:
     table: np.ndarray  # [vocab, d] float32
@@ -42,4 +45,10 @@ class HostWeights:
     def head_logits(self, hidden: np.ndarray, layout: Layout, head: str) -> np.ndarray:
         """[n, head rows] = hidden [n, d] @ W[range].T + b[range], in float32."""
         h = layout.head(head)
-        return (hidden.astype(np.float32) @ self.head_weight[h.start:h.stop].T + self.head_bias[h.start:h.stop])
+        w, b = self.head_weight[h.start:h.stop], self.head_bias[h.start:h.stop]
+        hidden = hidden.astype(np.float32)
+        if len(hidden) <= SMALL_BATCH_ROWS:
+            # einsum without BLAS: OpenBLAS worker threads spin after a call and steal the cores from the
+            # next backbone step (measured: 56 ms instead of 28 ms per AR step at the released size)
+            return np.einsum("nd,rd->nr", hidden, w, optimize=False) + b
+        return hidden @ w.T + b

@@ -1,0 +1,133 @@
+"""Speed of every backend at the released size, in one run, printed as a table.
+
+    python benchmarks/bench.py [--work DIR] [--threads 2] [--rows torch,torch-recompute,onnx-fp32,onnx-int8]
+
+Each row runs in its own process (so its peak RSS is its own): build the model from the full-size demo
+checkpoint (made in --work if missing), then time a causal prefill of 300 positions, one cached decode step
+at past 300 (mean of 20), and a bidirectional NAR pass of 600 positions. The `torch-recompute` row is the
+original's loop: every AR step recomputes the whole 301-position sequence.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from valle_export import names  # noqa: E402
+from valle_export.sequence import PassSpec  # noqa: E402
+
+PREFILL, NAR_LEN, STEPS = 300, 600, 20
+ROWS = ["torch", "torch-recompute", "onnx-fp32", "onnx-int8"]
+
+
+def synthetic_spec(layout, length: int, causal: bool, width: int, seed: int) -> PassSpec:
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, layout.vocab_size, (length, width))
+    head = names.HEAD_AR if causal else names.head_nar(1)
+    return PassSpec(rows, np.arange(length), causal, head, length - 1, np.zeros(length, np.int8))
+
+
+def extended(spec: PassSpec, k: int) -> PassSpec:
+    rows = np.concatenate([spec.rows, spec.rows[:k]])
+    n = len(rows)
+    return PassSpec(rows, np.arange(n), True, spec.head, n - 1, np.zeros(n, np.int8))
+
+
+def make_backend(row: str, work: Path, threads: int):
+    if row.startswith("torch"):
+        import torch
+
+        from reference_model.backend import TorchBackend
+        from reference_model.load import load_reference
+
+        torch.set_num_threads(threads)
+        return TorchBackend(load_reference(work / "ckpt"))
+    from runtimes.onnx_backend import OnnxBackend, SessionConfig
+
+    variant = row.split("-")[1]
+    return OnnxBackend(work / "onnx", SessionConfig(provider="cpu", threads=threads, variant=variant))
+
+
+def measure(row: str, work: Path, threads: int) -> dict:
+    backend = make_backend(row, work, threads)
+    layout = backend.layout
+    prefill = synthetic_spec(layout, PREFILL, True, 1, 0)
+    backend.logits(synthetic_spec(layout, 16, True, 1, 9))  # warm-up
+    t = time.perf_counter()
+    backend.prefill(prefill)
+    prefill_ms = 1000 * (time.perf_counter() - t)
+    t = time.perf_counter()
+    for k in range(1, STEPS + 1):
+        spec = extended(prefill, k)
+        if row == "torch-recompute":
+            backend.logits(spec)
+        else:
+            backend.extend(spec)
+    step_ms = 1000 * (time.perf_counter() - t) / STEPS
+    nar = synthetic_spec(layout, NAR_LEN, False, 2, 1)
+    t = time.perf_counter()
+    backend.logits(nar)
+    nar_ms = 1000 * (time.perf_counter() - t)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"row": row, "prefill_300_ms": prefill_ms, "step_ms": step_ms, "steps_per_s": 1000 / step_ms,
+            "nar_600_ms": nar_ms, "peak_rss_mb": rss}
+
+
+def prepare(work: Path, rows: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cli = [sys.executable, "-m", "valle_export.cli"]
+    if not (work / "ckpt" / names.CHECKPOINT_SFT).exists():
+        subprocess.run(cli + ["demo-checkpoint", str(work / "ckpt"), "--size", "full", "-q"], check=True, env=env)
+    if any(r == "onnx-fp32" for r in rows) and not (work / "onnx" / "backbone.onnx").exists():
+        subprocess.run(cli + ["onnx", str(work / "ckpt"), str(work / "onnx")], check=True, env=env)
+    if any(r == "onnx-int8" for r in rows) and not (work / "onnx" / "backbone.int8.onnx").exists():
+        subprocess.run(cli + ["onnx", str(work / "ckpt"), str(work / "onnx"), "--quantize", "int8"], check=True, env=env)
+
+
+def print_table(results: list[dict], threads: int) -> None:
+    print(f"\nVALL-E released shape (d1024, 16 heads, 12 layers, vocab 17702), {threads} threads, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print("| backend | prefill 300 (ms) | AR step at past 300 (ms) | steps/s | NAR pass 600 (ms) | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['row']} | {r['prefill_300_ms']:.0f} | {r['step_ms']:.1f} | {r['steps_per_s']:.1f} | "
+              f"{r['nar_600_ms']:.0f} | {r['peak_rss_mb']:.0f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=REPO / "demo" / "bench")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.work, args.threads)))
+        return
+    rows = args.rows.split(",")
+    prepare(args.work, rows)
+    results = []
+    for row in rows:
+        out = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--threads", str(args.threads),
+                              "--child", row], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if out.returncode != 0:
+            print(f"{row}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  measured {row}", file=sys.stderr)
+    print_table(results, args.threads)
+
+
+if __name__ == "__main__":
+    main()

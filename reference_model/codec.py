@@ -1,0 +1,142 @@
+"""EnCodec 24 kHz (the codec of VALL-E: 8 codebooks of 1024 codes at 75 frames/s at 6 kbps) on
+transformers' `EncodecModel`, which is the same network as the `encodec` package (whose torchaudio
+dependency breaks this environment).
+
+Weights come from a transformers folder, from an original facebookresearch `encodec_24khz-*.th` state dict
+(by the exact name table below), or are drawn at random with a seed. transformers initialises codebooks to
+zero, which would make decoding ignore the codes; the random default draws them N(0, 1).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import EncodecConfig, EncodecModel
+
+from valle_export.errors import BadCheckpoint
+
+BANDWIDTH_KBPS = 6.0
+N_CODEBOOKS = 8
+SAMPLE_RATE = 24000
+HOP = 320  # samples per frame (8 * 5 * 4 * 2)
+
+# weight-norm parameter names: original (torch.nn.utils.weight_norm) <-> transformers (parametrizations)
+_PARAM_TO_HF = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+_HF_TO_PARAM = {v: k for k, v in _PARAM_TO_HF.items()}
+_TRANSPOSED = {3, 6, 9, 12}  # decoder.model indices of the upsampling SConvTranspose1d layers
+
+
+def _split_param(rest: list[str]) -> tuple[list[str], str]:
+    """(module path, original parameter name) of the part after `{side}.layers.{idx}`."""
+    if rest[-3:-1] == ["parametrizations", "weight"]:
+        return rest[:-3], _HF_TO_PARAM[".".join(rest[-3:])]
+    return rest[:-1], rest[-1]
+
+
+def hf_to_original(name: str) -> str:
+    """transformers name -> original `encodec` package name, one rule per module kind."""
+    parts = name.split(".")
+    if parts[0] == "quantizer":  # quantizer.layers.i.codebook.X -> quantizer.vq.layers.i._codebook.X
+        return ".".join(["quantizer", "vq", "layers", parts[2], "_codebook", *parts[4:]])
+    side, idx = parts[0], int(parts[2])
+    module, param = _split_param(parts[3:])
+    if module == ["lstm"]:
+        return f"{side}.model.{idx}.lstm.{param}"
+    if module == ["conv"]:  # a plain SConv1d, or an upsampling SConvTranspose1d in the decoder
+        inner = "convtr.convtr" if side == "decoder" and idx in _TRANSPOSED else "conv.conv"
+        return f"{side}.model.{idx}.{inner}.{param}"
+    if len(module) == 3 and module[0] == "block" and module[2] == "conv":
+        return f"{side}.model.{idx}.block.{module[1]}.conv.conv.{param}"
+    if module == ["shortcut", "conv"]:
+        return f"{side}.model.{idx}.shortcut.conv.conv.{param}"
+    raise KeyError(f"no original name for {name}")
+
+
+
+
+def _name_table(model: EncodecModel) -> dict[str, str]:
+    return {hf_to_original(k): k for k in model.state_dict()}
+
+
+def original_state_to_hf(model: EncodecModel, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Map an original state dict onto `model`'s names; every name and shape must match exactly."""
+    table = _name_table(model)
+    target = model.state_dict()
+    missing = sorted(set(table) - set(state))
+    unexpected = sorted(set(state) - set(table))
+    wrong = [k for k in table if k in state and tuple(state[k].shape) != tuple(target[table[k]].shape)]
+    if missing or unexpected or wrong:
+        bits = []
+        if missing:
+            bits.append(f"missing {len(missing)}: {', '.join(missing[:4])}")
+        if unexpected:
+            bits.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:4])}")
+        if wrong:
+            bits.append(f"shape mismatch: {', '.join(wrong[:4])}")
+        raise BadCheckpoint("not an EnCodec 24 kHz state dict (" + "; ".join(bits) + ")", source)
+    return {table[k]: v.to(target[table[k]].dtype) for k, v in state.items()}
+
+
+def hf_state_to_original(model: EncodecModel) -> dict[str, torch.Tensor]:
+    return {hf_to_original(k): v.clone() for k, v in model.state_dict().items()}
+
+
+def random_codec(seed: int = 0) -> EncodecModel:
+    """The seeded random-weight default: transformers' init under `seed`, codebooks N(0, 1)."""
+    torch.manual_seed(seed)
+    model = EncodecModel(EncodecConfig())
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for layer in model.quantizer.layers:
+            cb = layer.codebook
+            cb.embed.copy_(torch.randn(cb.embed.shape, generator=gen))
+            cb.embed_avg.copy_(cb.embed)
+            cb.cluster_size.fill_(1.0)
+            cb.inited.fill_(1.0)
+    return model.eval().requires_grad_(False)
+
+
+def load_codec(path: str | os.PathLike | None, seed: int = 0) -> EncodecModel:
+    """A transformers folder, an original `.th` state dict, or None (the seeded random default)."""
+    if path is None:
+        return random_codec(seed)
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BadCheckpoint("folder has no config.json (not a transformers EnCodec folder)", path)
+        try:
+            model = EncodecModel.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise BadCheckpoint(f"cannot load EnCodec folder ({str(err).splitlines()[0]})", path) from None
+        if model.config.sampling_rate != SAMPLE_RATE:
+            raise BadCheckpoint(f"EnCodec at {model.config.sampling_rate} Hz; VALL-E needs the 24 kHz model", path)
+        return model.eval().requires_grad_(False)
+    if not path.is_file():
+        raise BadCheckpoint("file not found", path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle / zip errors of every kind: one line
+        raise BadCheckpoint(f"cannot load as a weights-only torch file ({type(err).__name__})", path) from None
+    if not isinstance(state, dict):
+        raise BadCheckpoint("not a state dict", path)
+    model = EncodecModel(EncodecConfig())
+    model.load_state_dict(original_state_to_hf(model, state, str(path)))
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode(model: EncodecModel, wav: np.ndarray) -> np.ndarray:
+    """Mono 24 kHz float audio [N] -> codes [8, ceil(N / 320)] (codebook-major, int64)."""
+    x = torch.from_numpy(np.asarray(wav, np.float32))[None, None]
+    emb = model.encoder(x)
+    codes = model.quantizer.encode(emb, bandwidth=BANDWIDTH_KBPS)  # [nq, B, T]
+    return codes[:, 0].numpy().astype(np.int64)
+
+
+@torch.no_grad()
+def decode(model: EncodecModel, codes: np.ndarray) -> np.ndarray:
+    """Codes [8, T] -> mono 24 kHz float audio [T * 320]."""
+    c = torch.from_numpy(np.asarray(codes, np.int64))[:, None]  # [nq, B, T]
+    return model.decoder(model.quantizer.decode(c))[0, 0].numpy()
