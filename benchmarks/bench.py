@@ -29,6 +29,8 @@ from valle_export.sequence import PassSpec  # noqa: E402
 
 PREFILL, NAR_LEN, STEPS = 300, 600, 20
 ROWS = ["torch", "torch-recompute", "onnx-fp32", "onnx-int8"]
+CODEC_ROWS = ["encodec-torch", "encodec-onnx"]
+CODEC_SECONDS = 10.0
 
 
 def synthetic_spec(layout, length: int, causal: bool, width: int, seed: int) -> PassSpec:
@@ -59,7 +61,38 @@ def make_backend(row: str, work: Path, threads: int):
     return OnnxBackend(work / "onnx", SessionConfig(provider="cpu", threads=threads, variant=variant))
 
 
+def measure_codec(row: str, work: Path, threads: int) -> dict:
+    """Encode and decode 10 s of audio; real-time factor = processing time / audio duration."""
+    rng = np.random.default_rng(0)
+    audio = (0.2 * rng.standard_normal(int(CODEC_SECONDS * 24000))).astype(np.float32)
+    codes = rng.integers(0, 1024, (8, int(CODEC_SECONDS * 75)))
+    if row == "encodec-torch":
+        import torch
+
+        from reference_model import codec
+
+        torch.set_num_threads(threads)
+        model = codec.random_codec(0)
+        enc, dec = (lambda a: codec.encode(model, a)), (lambda c: codec.decode(model, c))
+    else:
+        from runtimes.codec import OnnxCodec
+
+        onnx_codec = OnnxCodec(work / "codec", provider="cpu", threads=threads)
+        enc, dec = onnx_codec.encode, onnx_codec.decode
+    enc(audio[:24000]), dec(codes[:, :75])  # warm-up
+    t = time.perf_counter()
+    enc(audio)
+    encode_s = time.perf_counter() - t
+    t = time.perf_counter()
+    dec(codes)
+    decode_s = time.perf_counter() - t
+    return {"row": row, "encode_rtf": encode_s / CODEC_SECONDS, "decode_rtf": decode_s / CODEC_SECONDS,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def measure(row: str, work: Path, threads: int) -> dict:
+    if row in CODEC_ROWS:
+        return measure_codec(row, work, threads)
     backend = make_backend(row, work, threads)
     layout = backend.layout
     prefill = synthetic_spec(layout, PREFILL, True, 1, 0)
@@ -91,6 +124,8 @@ def prepare(work: Path, rows: list[str]) -> None:
         subprocess.run(cli + ["demo-checkpoint", str(work / "ckpt"), "--size", "full", "-q"], check=True, env=env)
     if any(r == "onnx-fp32" for r in rows) and not (work / "onnx" / "backbone.onnx").exists():
         subprocess.run(cli + ["onnx", str(work / "ckpt"), str(work / "onnx")], check=True, env=env)
+    if "encodec-onnx" in rows and not (work / "codec" / "encodec_decoder.onnx").exists():
+        subprocess.run(cli + ["encodec", str(work / "codec"), "-q"], check=True, env=env)
     if any(r == "onnx-int8" for r in rows) and not (work / "onnx" / "backbone.int8.onnx").exists():
         subprocess.run(cli + ["onnx", str(work / "ckpt"), str(work / "onnx"), "--quantize", "int8"], check=True, env=env)
 
@@ -101,15 +136,23 @@ def print_table(results: list[dict], threads: int) -> None:
     print("| backend | prefill 300 (ms) | AR step at past 300 (ms) | steps/s | NAR pass 600 (ms) | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['row']} | {r['prefill_300_ms']:.0f} | {r['step_ms']:.1f} | {r['steps_per_s']:.1f} | "
-              f"{r['nar_600_ms']:.0f} | {r['peak_rss_mb']:.0f} |")
+        if "step_ms" in r:
+            print(f"| {r['row']} | {r['prefill_300_ms']:.0f} | {r['step_ms']:.1f} | {r['steps_per_s']:.1f} | "
+                  f"{r['nar_600_ms']:.0f} | {r['peak_rss_mb']:.0f} |")
+    codec_rows = [r for r in results if "encode_rtf" in r]
+    if codec_rows:
+        print(f"\nEnCodec 24 kHz, 6 kbps, {CODEC_SECONDS:.0f} s of audio (real-time factor: lower is faster)")
+        print("| codec | encode RTF | decode RTF | peak RSS (MB) |")
+        print("|---|---:|---:|---:|")
+        for r in codec_rows:
+            print(f"| {r['row']} | {r['encode_rtf']:.3f} | {r['decode_rtf']:.3f} | {r['peak_rss_mb']:.0f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=REPO / "demo" / "bench")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(ROWS + CODEC_ROWS))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

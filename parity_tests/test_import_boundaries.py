@@ -5,7 +5,8 @@ import sys
 import pytest
 
 MODULES = ["valle_export", "valle_export.cli", "valle_export.layout", "valle_export.sequence", "valle_export.config",
-           "runtimes.pipeline", "runtimes.samplers", "runtimes.fixture_check"]
+           "runtimes.pipeline", "runtimes.samplers", "runtimes.fixture_check", "runtimes.onnx_backend",
+           "runtimes.codec", "valle_export.wav"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -83,19 +83,40 @@ def hf_state_to_original(model: EncodecModel) -> dict[str, torch.Tensor]:
     return {hf_to_original(k): v.clone() for k, v in model.state_dict().items()}
 
 
+def _calibration_audio(gen: torch.Generator, seconds: float = 2.0) -> torch.Tensor:
+    """Seeded noise plus tones [1, 1, N]: the signal the random codebooks are scaled to."""
+    n = int(SAMPLE_RATE * seconds)
+    t = torch.arange(n) / SAMPLE_RATE
+    tones = sum(torch.sin(2 * torch.pi * f * t) for f in (110.0, 440.0, 1250.0)) / 3
+    return (0.3 * tones + 0.1 * torch.randn(n, generator=gen))[None, None]
+
+
 def random_codec(seed: int = 0) -> EncodecModel:
-    """The seeded random-weight default: transformers' init under `seed`, codebooks N(0, 1)."""
+    """The seeded random-weight default. transformers' init under `seed` gives an encoder whose output is a
+    large constant per channel with a tiny variation over time, and zero codebooks (decoding would ignore
+    the codes). So: the encoder's last conv is rescaled so that, on seeded calibration audio, its output
+    has zero mean and unit spread over time per channel, and every codebook is drawn N(0, s^2) with s the
+    spread of the residual it quantizes. Different frames then pick different codes, and the decoder
+    depends strongly on every codebook (a wrong code layout cannot pass a test)."""
     torch.manual_seed(seed)
-    model = EncodecModel(EncodecConfig())
+    model = EncodecModel(EncodecConfig()).eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
+        audio = _calibration_audio(gen)
+        last = model.encoder.layers[-1].conv
+        out = model.encoder(audio)  # [1, 128, T]
+        mean, spread = out.mean(dim=2)[0], out.std(dim=2)[0]
+        last.parametrizations.weight.original0.div_(spread[:, None, None])
+        last.bias.copy_((last.bias - mean) / spread)
+        residual = model.encoder(audio)
         for layer in model.quantizer.layers:
             cb = layer.codebook
-            cb.embed.copy_(torch.randn(cb.embed.shape, generator=gen))
+            cb.embed.copy_(torch.randn(cb.embed.shape, generator=gen) * residual.std())
             cb.embed_avg.copy_(cb.embed)
             cb.cluster_size.fill_(1.0)
             cb.inited.fill_(1.0)
-    return model.eval().requires_grad_(False)
+            residual = residual - layer.decode(layer.encode(residual))
+    return model
 
 
 def load_codec(path: str | os.PathLike | None, seed: int = 0) -> EncodecModel:

@@ -106,6 +106,28 @@ def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str |
     progress.stage(f"wrote {path}")
 
 
+@main.command("encodec")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[WEIGHTS] OUT_DIR")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random default (no WEIGHTS).")
+@quiet_option
+@_one_line_errors
+def encodec_cmd(paths: tuple[Path, ...], seed: int, quiet: bool) -> None:
+    """Export EnCodec 24 kHz (6 kbps, 8 codebooks) as ONNX encoder and decoder graphs. WEIGHTS: a transformers
+    folder or an original `encodec_24khz-*.th` state dict; without it, the seeded random-weight default."""
+    from .errors import BadInput
+
+    if len(paths) > 2:
+        raise BadInput("expected [WEIGHTS] OUT_DIR")
+    weights, out_dir = (None, paths[0]) if len(paths) == 1 else paths
+    progress = Progress(quiet)
+    progress.stage(f"loading EnCodec ({weights or f'random weights, seed {seed}'})")
+    from converters.encodec_onnx import export_codec_onnx
+    from reference_model.codec import load_codec
+
+    export_codec_onnx(load_codec(weights, seed), out_dir, progress)
+    progress.stage(f"wrote {out_dir}")
+
+
 def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path):
     """The backend to check: torch on the fixture's checkpoint, or an exported file (made now if not given)."""
     if backend == "torch":

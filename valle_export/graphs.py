@@ -66,3 +66,21 @@ def backbone_spec(n_layers: int, n_heads: int, head_dim: int, hidden: int) -> Gr
     )
     outputs = (TensorSpec("last_hidden_state", FLOAT, ("batch", "sequence", hidden)), *kv_out)
     return GraphSpec("backbone", inputs, outputs)
+
+
+# --- EnCodec ---------------------------------------------------------------------------------------------
+CODEC_ENCODER_FILE = "encodec_encoder.onnx"
+CODEC_DECODER_FILE = "encodec_decoder.onnx"
+META_CODEC = "valle.codec"  # JSON: sample_rate, frame_rate, codebooks, bandwidth_kbps, hop
+
+
+def codec_encoder_spec(codebooks: int) -> GraphSpec:
+    """24 kHz mono audio -> codes, codebook-major (frames = ceil(samples / hop))."""
+    return GraphSpec("encodec_encoder", (TensorSpec("audio", FLOAT, ("batch", 1, "samples")),),
+                     (TensorSpec("codes", INT64, ("batch", codebooks, "frames")),))
+
+
+def codec_decoder_spec(codebooks: int) -> GraphSpec:
+    """codes, codebook-major -> 24 kHz mono audio (samples = frames * hop)."""
+    return GraphSpec("encodec_decoder", (TensorSpec("codes", INT64, ("batch", codebooks, "frames")),),
+                     (TensorSpec("audio", FLOAT, ("batch", 1, "samples")),))
