@@ -107,3 +107,13 @@ LAYOUT_SCHEMA = "valle-export/layout"
 LAYOUT_SCHEMA_VERSION = 1
 POSITIONS_SEGMENTED = "segmented"
 POSITIONS_UNIFIED = "unified"
+
+# --- GGUF keys (valle.*) ----------------------------------------------------------------------------------
+GGUF_LAYOUT = "valle.layout"  # JSON of the Layout
+GGUF_SOURCE_CONFIG = "valle.source_config"  # the native config JSON
+GGUF_TOKENIZER = "valle.tokenizer"  # the phoneme tokenizer.json, when the checkpoint has one
+GGUF_HEAD_ROW_START = "valle.head_row_start"  # heads are rows [start, start + sum(head rows)) of token_embd
+GGUF_HEAD_BIAS = "valle.head_bias"  # float32 [sum(head rows)], heads in layout order
+GGUF_INPUT_SCALE = "valle.input_scale"  # the host multiplies summed inputs by this (gemma: 1/sqrt(n_embd))
+GGUF_ROPE_LAYOUT = "valle.qk_layout"  # "neox" (HF rotate-half) or "interleaved" (Q/K permuted for llama)
+GGUF_EXACTNESS = "valle.exactness"  # JSON: what stock llama.cpp computes exactly / approximately / not at all

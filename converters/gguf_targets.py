@@ -1,0 +1,88 @@
+"""The llama.cpp architectures valle-export writes, as data: which arch for which model, its metadata, and
+how the uniform model's tensors are named and transformed for it.
+
+- `gemma` for GELU models: the only stock gated-GELU decoder (tanh GELU, evaluated through an fp16 table on
+  CPU: approximate). It multiplies inputs by sqrt(n_embd) inside the graph, so the host divides by it (exact
+  when sqrt(n_embd) is a power of two); NEOX rope, so Q/K stay in HF rotate-half order.
+- `qwen2vl` for SiLU models: M-RoPE with sections [0, head_dim/2, 0, 0]. Position component 0 (the
+  sequence index) drives the causal mask and the cache checks, component 1 (the model's position) drives
+  every rotary dimension: exact for segmented and unified positions, causal and bidirectional. NEOX style.
+- `llama` for SiLU models with unified positions, on request (`--arch llama`): Q/K rows permuted per head
+  to llama.cpp's interleaved rope layout.
+
+Heads cannot be extra tensors (stock llama.cpp refuses a file with tensors it does not know), and a large
+metadata array is read element by element by gguf-py. So every head's rows are appended to `token_embd`
+after the input table (vocab = table rows + head rows), and their biases go in one small metadata array.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from valle_export import names
+
+GEMMA, QWEN2VL, LLAMA = "gemma", "qwen2vl", "llama"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    arch: str
+    qk_layout: str  # "neox" or "interleaved"
+    input_scale: float  # host-side factor applied to summed inputs
+    exactness: dict  # per pass kind: "exact" / "approximate: ..." / "refused: ..."
+
+
+def choose_arch(hidden_act: str, position_mode: str, requested: str | None = None) -> str:
+    if hidden_act == "gelu":
+        if requested not in (None, GEMMA):
+            raise ValueError(f"a GELU model can only be written as arch gemma (asked: {requested})")
+        return GEMMA
+    if requested == LLAMA and position_mode != names.POSITIONS_UNIFIED:
+        raise ValueError("arch llama cannot reproduce segmented positions (its mask compares position values); "
+                         "use qwen2vl")
+    if requested == GEMMA:
+        raise ValueError("arch gemma computes GELU, this model uses SiLU")
+    return requested or QWEN2VL
+
+
+GELU_NOTE = "approximate: stock llama.cpp has no erf GELU (gemma's tanh GELU, fp16 table on CPU)"
+SEGMENTED_CAUSAL_NOTE = ("refused: a GELU model with segmented positions has no stock llama.cpp method for causal "
+                         "passes (gemma's mask compares restarting position values); use the ONNX backend "
+                         "(or the ggml backend)")
+
+
+def make_target(arch: str, hidden_size: int, position_mode: str, noncausal: bool) -> Target:
+    if arch == GEMMA:
+        segmented = position_mode == names.POSITIONS_SEGMENTED
+        causal = SEGMENTED_CAUSAL_NOTE if segmented else GELU_NOTE
+        exact = {"ar": causal, "len": causal, "nar": GELU_NOTE, "nar_len": GELU_NOTE}
+        if segmented and not noncausal:  # every pass is causal then
+            exact = {k: SEGMENTED_CAUSAL_NOTE for k in exact}
+        return Target(GEMMA, "neox", 1.0 / math.sqrt(hidden_size), exact)
+    exact = {k: "exact" for k in ("ar", "len", "nar", "nar_len")}
+    return Target(arch, "interleaved" if arch == LLAMA else "neox", 1.0, exact)
+
+
+def permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """HF rotate-half rows -> llama.cpp interleaved rows, per head: [h, 2, hd/2, d] -> [h, hd/2, 2, d]."""
+    out_dim = weight.shape[0]
+    half = out_dim // n_heads // 2
+    return weight.reshape(n_heads, 2, half, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
+# uniform (HF Llama) tensor name -> GGUF name; {i} = layer
+LAYER_TENSORS = {
+    "self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
+    "self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
+    "self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
+    "self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
+    "mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
+    "mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+    "input_layernorm.weight": "blk.{i}.attn_norm.weight",
+    "post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
+}
+TOKEN_EMBD = "token_embd.weight"
+OUTPUT_NORM = "output_norm.weight"

@@ -1,0 +1,100 @@
+"""Read a valle-export GGUF with gguf-py (no torch): the layout and every `valle.*` key, and the head rows
+(dequantized to float32) that the runtimes apply on the host."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from valle_export import names
+from valle_export.errors import BadInput
+from valle_export.layout import Layout
+
+TOKEN_EMBD = "token_embd.weight"
+
+
+def _field(reader, key: str, path: Path, required: bool = True):
+    field = reader.get_field(key)
+    if field is None:
+        if required:
+            raise BadInput(f"GGUF has no {key} (not written by valle-export)", path)
+        return None
+    return field.contents()
+
+
+@dataclasses.dataclass
+class GgufModelFile:
+    path: Path
+    arch: str
+    layout: Layout
+    source_config: dict
+    tokenizer: str | None
+    head_row_start: int
+    head_bias: np.ndarray  # [head rows] float32, heads in layout order
+    input_scale: float
+    qk_layout: str
+    exactness: dict
+    tensor_types: dict[str, str]
+    tensor_shapes: dict[str, tuple[int, ...]]
+    _reader: object = dataclasses.field(repr=False, default=None)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "GgufModelFile":
+        import gguf
+
+        path = Path(path)
+        if not path.is_file():
+            raise BadInput("file not found", path)
+        try:
+            reader = gguf.GGUFReader(str(path))
+        except (ValueError, OSError, IndexError, KeyError) as err:
+            raise BadInput(f"not a readable GGUF file ({str(err).splitlines()[0][:160]})", path) from None
+        layout = Layout.from_json(_field(reader, names.GGUF_LAYOUT, path), f"{path}:{names.GGUF_LAYOUT}")
+        return cls(
+            path=path,
+            arch=_field(reader, "general.architecture", path),
+            layout=layout,
+            source_config=json.loads(_field(reader, names.GGUF_SOURCE_CONFIG, path)),
+            tokenizer=_field(reader, names.GGUF_TOKENIZER, path, required=False),
+            head_row_start=int(_field(reader, names.GGUF_HEAD_ROW_START, path)),
+            head_bias=np.asarray(_field(reader, names.GGUF_HEAD_BIAS, path), dtype=np.float32),
+            input_scale=float(_field(reader, names.GGUF_INPUT_SCALE, path)),
+            qk_layout=_field(reader, names.GGUF_ROPE_LAYOUT, path),
+            exactness=json.loads(_field(reader, names.GGUF_EXACTNESS, path)),
+            tensor_types={t.name: t.tensor_type.name for t in reader.tensors},
+            tensor_shapes={t.name: tuple(int(x) for x in reversed(t.shape)) for t in reader.tensors},
+            _reader=reader,
+        )
+
+    def tensor(self, name: str) -> np.ndarray:
+        """A tensor dequantized to float32, in numpy (row-major) shape."""
+        import gguf
+
+        for t in self._reader.tensors:
+            if t.name == name:
+                data = gguf.quants.dequantize(t.data, t.tensor_type)
+                return np.asarray(data, dtype=np.float32).reshape(self.tensor_shapes[name])
+        raise BadInput(f"GGUF has no tensor {name}", self.path)
+
+    def head_weights(self) -> dict[str, np.ndarray]:
+        """Each head's weight rows [rows, d] (float32), from token_embd after the input table."""
+        embd = self.tensor(TOKEN_EMBD)
+        heads, row = {}, self.head_row_start
+        for h in self.layout.heads:
+            heads[h.name] = embd[row:row + h.rows]
+            row += h.rows
+        if row != embd.shape[0] or len(self.head_bias) != row - self.head_row_start:
+            raise BadInput(f"token_embd has {embd.shape[0]} rows, the layout needs {row}", self.path)
+        return heads
+
+    def head_biases(self) -> dict[str, np.ndarray]:
+        out, row = {}, 0
+        for h in self.layout.heads:
+            out[h.name] = self.head_bias[row:row + h.rows]
+            row += h.rows
+        return out
+
+    def input_table(self) -> np.ndarray:
+        return self.tensor(TOKEN_EMBD)[: self.head_row_start]
