@@ -28,7 +28,8 @@ from valle_export import names  # noqa: E402
 from valle_export.sequence import PassSpec  # noqa: E402
 
 PREFILL, NAR_LEN, STEPS = 300, 600, 20
-ROWS = ["torch", "torch-recompute", "onnx-fp32", "onnx-int8"]
+GGUF_TYPES = ["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
+ROWS = ["torch", "torch-recompute", "onnx-fp32", "onnx-int8"] + [f"llamacpp-{t}" for t in GGUF_TYPES]
 CODEC_ROWS = ["encodec-torch", "encodec-onnx"]
 CODEC_SECONDS = 10.0
 
@@ -46,6 +47,10 @@ def extended(spec: PassSpec, k: int) -> PassSpec:
     return PassSpec(rows, np.arange(n), True, spec.head, n - 1, np.zeros(n, np.int8))
 
 
+def gguf_path(work: Path, row: str) -> Path:
+    return work / f"model.{row.split('-', 1)[1]}.gguf"
+
+
 def make_backend(row: str, work: Path, threads: int):
     if row.startswith("torch"):
         import torch
@@ -55,6 +60,10 @@ def make_backend(row: str, work: Path, threads: int):
 
         torch.set_num_threads(threads)
         return TorchBackend(load_reference(work / "ckpt"))
+    if row.startswith("llamacpp-"):
+        from runtimes.llama_backend import LlamaConfig, LlamaCppBackend
+
+        return LlamaCppBackend(gguf_path(work, row), LlamaConfig(n_ctx=1024, threads=threads))
     from runtimes.onnx_backend import OnnxBackend, SessionConfig
 
     variant = row.split("-")[1]
@@ -113,8 +122,9 @@ def measure(row: str, work: Path, threads: int) -> dict:
     backend.logits(nar)
     nar_ms = 1000 * (time.perf_counter() - t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    size = gguf_path(work, row).stat().st_size / 2**20 if row.startswith("llamacpp-") else None
     return {"row": row, "prefill_300_ms": prefill_ms, "step_ms": step_ms, "steps_per_s": 1000 / step_ms,
-            "nar_600_ms": nar_ms, "peak_rss_mb": rss}
+            "nar_600_ms": nar_ms, "peak_rss_mb": rss, "file_mb": size}
 
 
 def prepare(work: Path, rows: list[str]) -> None:
@@ -124,6 +134,10 @@ def prepare(work: Path, rows: list[str]) -> None:
         subprocess.run(cli + ["demo-checkpoint", str(work / "ckpt"), "--size", "full", "-q"], check=True, env=env)
     if any(r == "onnx-fp32" for r in rows) and not (work / "onnx" / "backbone.onnx").exists():
         subprocess.run(cli + ["onnx", str(work / "ckpt"), str(work / "onnx")], check=True, env=env)
+    for row in rows:
+        if row.startswith("llamacpp-") and not gguf_path(work, row).exists():
+            subprocess.run(cli + ["gguf", str(work / "ckpt"), "-o", str(gguf_path(work, row)), "--outtype",
+                                  row.split("-", 1)[1], "-q"], check=True, env=env)
     if "encodec-onnx" in rows and not (work / "codec" / "encodec_decoder.onnx").exists():
         subprocess.run(cli + ["encodec", str(work / "codec"), "-q"], check=True, env=env)
     if any(r == "onnx-int8" for r in rows) and not (work / "onnx" / "backbone.int8.onnx").exists():
@@ -133,12 +147,14 @@ def prepare(work: Path, rows: list[str]) -> None:
 def print_table(results: list[dict], threads: int) -> None:
     print(f"\nVALL-E released shape (d1024, 16 heads, 12 layers, vocab 17702), {threads} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print("| backend | prefill 300 (ms) | AR step at past 300 (ms) | steps/s | NAR pass 600 (ms) | peak RSS (MB) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| backend | prefill 300 (ms) | AR step at past 300 (ms) | steps/s | NAR pass 600 (ms) | peak RSS (MB) "
+          "| file (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "step_ms" in r:
+            size = f"{r['file_mb']:.0f}" if r.get("file_mb") else "-"
             print(f"| {r['row']} | {r['prefill_300_ms']:.0f} | {r['step_ms']:.1f} | {r['steps_per_s']:.1f} | "
-                  f"{r['nar_600_ms']:.0f} | {r['peak_rss_mb']:.0f} |")
+                  f"{r['nar_600_ms']:.0f} | {r['peak_rss_mb']:.0f} | {size} |")
     codec_rows = [r for r in results if "encode_rtf" in r]
     if codec_rows:
         print(f"\nEnCodec 24 kHz, 6 kbps, {CODEC_SECONDS:.0f} s of audio (real-time factor: lower is faster)")

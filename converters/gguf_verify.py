@@ -43,5 +43,5 @@ def verify_gguf(path: Path, model, target: targets.Target, outtype: str) -> dict
     if problems:
         raise ValleExportError("GGUF verification failed: " + "; ".join(problems[:4]), path)
     types = ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()))
-    return {"arch": f.arch, "tensors": len(f.tensor_types), "worst_by_type": worst,
+    return {"arch": f.arch, "tensors": len(f.tensor_types), "worst_by_type": worst, "exactness": f.exactness,
             "summary": f"verified {len(f.tensor_types)} tensors ({f.arch}); max relative error by type: {types}"}

@@ -95,3 +95,23 @@ def onnx_export(tmp_path_factory, demo_checkpoint):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def gguf_export(tmp_path_factory, demo_checkpoint):
+    """Factory: path of a GGUF (outtype, arch) of a demo variant or of a checkpoint path, written once."""
+    from converters.gguf_export import export_gguf
+    from reference_model.load import load_reference
+
+    made: dict[tuple, Path] = {}
+
+    def make(variant=DEMO_VARIANTS[0], outtype="f32", arch=None, checkpoint: Path | None = None) -> Path:
+        src = checkpoint or demo_checkpoint(*variant)
+        key = (str(src), outtype, arch)
+        if key not in made:
+            out = tmp_path_factory.mktemp("gguf") / f"model.{outtype}.gguf"
+            export_gguf(load_reference(src), out, outtype, arch)
+            made[key] = out
+        return made[key]
+
+    return make

@@ -14,13 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from valle_export import sequence as seq
-from valle_export.errors import BadInput
+from valle_export.errors import BadInput, RefusedPass
 
 from .backend import Backend
 from .pipeline import Conditioning, DemaskSettings, demask_nar_len, generate_ar, generate_len, generate_nar
 
 CASES_FILE = "cases.safetensors"
-LOGITS_REL_TOL = 1e-4  # max |got - want| / max |want|, per case
+LOGITS_REL_TOL = 1e-4  # max |got - want| / max |want|, per case, for exact backends
+# Contract of approximate backends (a GELU model on stock llama.cpp: tanh GELU through an fp16 table).
+# Measured on the mrq-public fixture: <= 3.3e-4 relative logits error, 100% argmax and token agreement.
+APPROX_LOGITS_REL_TOL = 1e-2
+APPROX_TOKEN_AGREEMENT = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +34,22 @@ class CaseResult:
     max_abs: float | None = None
     rel: float | None = None
     detail: str = ""
+    status: str = "exact"  # exact / approximate / refused
 
     def line(self) -> str:
         err = "" if self.max_abs is None else f" max_abs={self.max_abs:.3e} rel={self.rel:.3e}"
-        return f"{'ok  ' if self.ok else 'FAIL'} {self.name:24s}{err} {self.detail}".rstrip()
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.status:11s} {self.name:28s}{err} {self.detail}".rstrip()
+
+
+def _is_exact(backend) -> bool:
+    return bool(getattr(backend, "exact", True))
+
+
+def _refusal(name: str, err: RefusedPass, backend) -> CaseResult:
+    """A refusal meets the contract only where the backend declared that pass kind impossible."""
+    declared = err.kind in getattr(backend, "refused_kinds", ())
+    return CaseResult(name, declared, detail=f"({err.problem})" if declared else f"undeclared refusal: {err.problem}",
+                      status="refused")
 
 
 @dataclasses.dataclass
@@ -78,24 +94,36 @@ def _pass_spec(fx: Fixture, layout, case: str) -> seq.PassSpec:
     raise BadInput(f"unknown pass case {case!r}", fx.folder)
 
 
-def compare_logits(name: str, got: np.ndarray, want: np.ndarray, rel_tol: float = LOGITS_REL_TOL) -> CaseResult:
+def compare_logits(name: str, got: np.ndarray, want: np.ndarray, exact: bool = True) -> CaseResult:
+    """Exact contract: rel <= 1e-4 and identical argmax. Approximate: rel <= 1e-2, argmax agreement >= 90%."""
+    status = "exact" if exact else "approximate"
     if got.shape != want.shape:
-        return CaseResult(name, False, detail=f"shape {got.shape} != expected {want.shape}")
+        return CaseResult(name, False, detail=f"shape {got.shape} != expected {want.shape}", status=status)
     max_abs = float(np.abs(got - want).max())
     rel = max_abs / float(np.abs(want).max())
-    same_argmax = bool((got.argmax(-1) == want.argmax(-1)).all())
-    ok = rel <= rel_tol and same_argmax
-    return CaseResult(name, ok, max_abs, rel, f"(tol {rel_tol:g}{'' if same_argmax else ', argmax differs'})")
+    agree = float((got.argmax(-1) == want.argmax(-1)).mean())
+    if exact:
+        ok = rel <= LOGITS_REL_TOL and agree == 1.0
+        detail = f"(tol {LOGITS_REL_TOL:g}{'' if agree == 1.0 else ', argmax differs'})"
+    else:
+        ok = rel <= APPROX_LOGITS_REL_TOL and agree >= APPROX_TOKEN_AGREEMENT
+        detail = f"(argmax agreement {agree:.0%}; bounds {APPROX_LOGITS_REL_TOL:g}, {APPROX_TOKEN_AGREEMENT:.0%})"
+    return CaseResult(name, ok, max_abs, rel, detail, status)
 
 
-def compare_tokens(name: str, got: np.ndarray, want: np.ndarray) -> CaseResult:
+def compare_tokens(name: str, got: np.ndarray, want: np.ndarray, exact: bool = True) -> CaseResult:
     got, want = np.asarray(got), np.asarray(want)
+    status = "exact" if exact else "approximate"
     if got.shape != want.shape:
-        return CaseResult(name, False, detail=f"shape {got.shape} != expected {want.shape}")
+        return CaseResult(name, False, detail=f"shape {got.shape} != expected {want.shape}", status=status)
     diff = np.argwhere(got != want)
-    if len(diff):
-        return CaseResult(name, False, detail=f"{len(diff)} tokens differ, first at {tuple(diff[0])}")
-    return CaseResult(name, True, detail=f"{got.size} tokens identical")
+    if exact:
+        if len(diff):
+            return CaseResult(name, False, detail=f"{len(diff)} tokens differ, first at {tuple(diff[0])}")
+        return CaseResult(name, True, detail=f"{got.size} tokens identical")
+    agree = 1.0 - len(diff) / max(got.size, 1)
+    return CaseResult(name, agree >= APPROX_TOKEN_AGREEMENT, detail=f"token agreement {agree:.1%} of {got.size} "
+                      f"(floor {APPROX_TOKEN_AGREEMENT:.0%})", status=status)
 
 
 def check_pass_cases(fx: Fixture, backend: Backend) -> list[CaseResult]:
@@ -103,39 +131,68 @@ def check_pass_cases(fx: Fixture, backend: Backend) -> list[CaseResult]:
     results = []
     for case in cases:
         want = fx.tensors[f"{case}.logits"]
-        got = backend.logits(_pass_spec(fx, backend.layout, case))[-want.shape[0]:]
-        results.append(compare_logits(case, got, want))
+        try:
+            got = backend.logits(_pass_spec(fx, backend.layout, case))[-want.shape[0]:]
+        except RefusedPass as err:
+            results.append(_refusal(case, err, backend))
+            continue
+        results.append(compare_logits(case, got, want, _is_exact(backend)))
     return results
 
 
-def check_greedy_runs(fx: Fixture, backend: Backend) -> list[CaseResult]:
-    t, results = fx.tensors, []
-    if "greedy_ar_nar.codes" in t:
-        c = fx.cond("greedy_ar_nar")
-        max_frames = int(fx.greedy.get("greedy_ar_nar", {}).get("kwargs", {}).get("max_duration", 500))
+def _greedy_ar_nar(fx: Fixture, backend: Backend, exact: bool) -> list[CaseResult]:
+    t, c = fx.tensors, fx.cond("greedy_ar_nar")
+    max_frames = int(fx.greedy.get("greedy_ar_nar", {}).get("kwargs", {}).get("max_duration", 500))
+    results = []
+    try:
         ar = generate_ar(backend, c, max_frames)
-        results.append(compare_tokens("greedy_ar_nar.ar_codes", ar, t["greedy_ar_nar.ar_codes"]))
-        results.append(compare_tokens("greedy_ar_nar.codes", generate_nar(backend, c, t["greedy_ar_nar.ar_codes"]),
-                                      t["greedy_ar_nar.codes"]))
-    if "greedy_len.value" in t:
+        results.append(compare_tokens("greedy_ar_nar.ar_codes", ar, t["greedy_ar_nar.ar_codes"], exact))
+    except RefusedPass as err:
+        results.append(_refusal("greedy_ar_nar.ar_codes", err, backend))
+    # the NAR stage runs from the recorded level-0 codes, so it is checked even where the AR is refused
+    nar = generate_nar(backend, c, t["greedy_ar_nar.ar_codes"])
+    results.append(compare_tokens("greedy_ar_nar.codes", nar, t["greedy_ar_nar.codes"], exact))
+    return results
+
+
+def _greedy_len(fx: Fixture, backend: Backend, exact: bool) -> list[CaseResult]:
+    t = fx.tensors
+    try:
         r = generate_len(backend, fx.cond("greedy_len"))
-        results.append(compare_tokens("greedy_len.value", np.array([r.value]), t["greedy_len.value"]))
-        if "greedy_len.step_inputs" in t:
-            want = t["greedy_len.step_inputs"]
-            got = np.full((len(r.step_inputs), want.shape[1] if want.ndim == 2 else 0), -1, dtype=np.int64)
-            for i, row in enumerate(r.step_inputs):
-                got[i, : min(len(row), got.shape[1])] = row[: got.shape[1]]
-            results.append(compare_tokens("greedy_len.step_inputs", got, want))
-    for run, top_no in (("greedy_nar_len", 0.0), ("greedy_nar_len_topno", 1.0)):
-        if f"{run}.codes" not in t:
-            continue
-        kwargs = fx.greedy.get(run, {}).get("kwargs", {})
-        c = fx.cond(run)
-        want = t[f"{run}.codes"]
-        settings = DemaskSettings(steps=int(kwargs.get("max_steps", 25)), top_no=float(kwargs.get("top_no", top_no)))
+    except RefusedPass as err:
+        return [_refusal("greedy_len.value", err, backend)]
+    results = [compare_tokens("greedy_len.value", np.array([r.value]), t["greedy_len.value"], exact)]
+    if "greedy_len.step_inputs" in t:
+        want = t["greedy_len.step_inputs"]
+        got = np.full((len(r.step_inputs), want.shape[1]), -1, dtype=np.int64)
+        for i, row in enumerate(r.step_inputs):
+            got[i, : min(len(row), got.shape[1])] = row[: got.shape[1]]
+        results.append(compare_tokens("greedy_len.step_inputs", got, want, exact))
+    return results
+
+
+def _greedy_nar_len(fx: Fixture, backend: Backend, run: str, top_no: float, exact: bool) -> list[CaseResult]:
+    t = fx.tensors
+    kwargs = fx.greedy.get(run, {}).get("kwargs", {})
+    c, want = fx.cond(run), t[f"{run}.codes"]
+    settings = DemaskSettings(steps=int(kwargs.get("max_steps", 25)), top_no=float(kwargs.get("top_no", top_no)))
+    try:
         level0, steps = demask_nar_len(backend, c, want.shape[0], settings)
-        results.append(compare_tokens(f"{run}.step_inputs", np.stack(steps), t[f"{run}.step_inputs"]))
-        results.append(compare_tokens(f"{run}.codes", generate_nar(backend, c, level0), want))
+    except RefusedPass as err:
+        return [_refusal(f"{run}.codes", err, backend)]
+    return [compare_tokens(f"{run}.step_inputs", np.stack(steps), t[f"{run}.step_inputs"], exact),
+            compare_tokens(f"{run}.codes", generate_nar(backend, c, level0), want, exact)]
+
+
+def check_greedy_runs(fx: Fixture, backend: Backend) -> list[CaseResult]:
+    t, exact, results = fx.tensors, _is_exact(backend), []
+    if "greedy_ar_nar.codes" in t:
+        results += _greedy_ar_nar(fx, backend, exact)
+    if "greedy_len.value" in t:
+        results += _greedy_len(fx, backend, exact)
+    for run, top_no in (("greedy_nar_len", 0.0), ("greedy_nar_len_topno", 1.0)):
+        if f"{run}.codes" in t:
+            results += _greedy_nar_len(fx, backend, run, top_no, exact)
     return results
 
 

@@ -19,15 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from valle_export import names, sequence as seq
-from valle_export.errors import BadInput, ValleExportError
+from valle_export.errors import BadInput, RefusedPass, ValleExportError
 
 from .gguf_file import GgufModelFile
 
 _LOG_CALLBACK = None  # keep a reference: llama.cpp calls it for the life of the process
-
-
-class RefusedPass(ValleExportError):
-    """A pass this backend cannot compute exactly or at all, with the reason and the alternatives."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +72,7 @@ class LlamaCppBackend:
         self.table = (self.file.input_table() * np.float32(self.file.input_scale)).astype(np.float32)
         self.head_w, self.head_b = self.file.head_weights(), self.file.head_biases()
         self.mrope = self.file.arch == "qwen2vl"
+        self.refused_kinds = {k for k, v in self.file.exactness.items() if v.startswith("refused")}
         self._load(Path(path))
         self._cached = 0
 
@@ -159,8 +156,9 @@ class LlamaCppBackend:
         if np.any(np.diff(spec.positions) < 0):
             kind = pass_kind(spec.head)
             reason = self.file.exactness.get(kind, "")
-            raise RefusedPass(f"llama.cpp backend refuses the {kind} pass: " + (
-                reason if reason.startswith("refused") else "restarting positions in a causal pass"))
+            why = reason.removeprefix("refused: ") if reason.startswith("refused") else \
+                "its causal mask compares position values, and this pass restarts positions"
+            raise RefusedPass(f"llama.cpp refuses the {kind} pass: {why}", kind)
 
     def hidden(self, spec: seq.PassSpec) -> np.ndarray:
         """Final-norm hidden states [L, d] of a full pass on a cleared cache, in sequence order."""

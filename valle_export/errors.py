@@ -26,3 +26,12 @@ class UnsupportedModel(ValleExportError):
 
 class BadInput(ValleExportError):
     """Bad user input other than a checkpoint: fixture files, token ids, options."""
+
+
+class RefusedPass(ValleExportError):
+    """A pass a backend cannot compute (not even approximately), with the reason and the alternatives.
+    `kind` is the pass kind (ar, len, nar, nar_len)."""
+
+    def __init__(self, problem: str, kind: str, path=None):
+        self.kind = kind
+        super().__init__(problem, path)
