@@ -67,7 +67,7 @@ def test_check_fixture_command_exit_codes(loaded):
     fx, _ = loaded
     result = CliRunner().invoke(main, ["check-fixture", str(fx.folder)])
     assert result.exit_code == 0, result.output
-    assert "cases ok" in result.output and "FAIL" not in result.output
+    assert "20/20 cases meet the backend's contract (20 exact)" in result.output and "FAIL" not in result.output
 
 
 def test_check_fixture_fails_on_a_wrong_model(tmp_path, loaded, demo_checkpoint):
