@@ -150,7 +150,7 @@ def backbone_file(dtype: str, quantize: str | None) -> str:
 
 
 def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype: str = "fp32",
-                quantize: str | None = None, progress: Progress | None = None) -> Path:
+                quantize: str | None = None, progress: Progress | None = None, tokenizer: Path | None = None) -> Path:
     """Write the backbone (+ runtime weights, layout) into `out_dir`, checked and verified; returns the graph."""
     import onnx
 
@@ -184,6 +184,8 @@ def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype:
         save_runtime_weights(model, tmp / graphs.WEIGHTS_FILE)
         (tmp / names.LAYOUT_FILE).write_text(model.layout.to_json())
         (tmp / names.SOURCE_CONFIG_FILE).write_text(json.dumps(model.cfg.raw, indent=1))
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / names.TOKENIZER_FILE)
         progress.stage("verifying against the reference (onnxruntime)")
         from .verify import verify_backbone
 

@@ -13,7 +13,7 @@ import numpy as np
 from valle_export import names, sequence as seq
 
 from .backend import Backend
-from .samplers import GREEDY, SamplerSettings, sample, softmax, top_n_sigma
+from .samplers import GREEDY, SamplerSettings, penalize, sample, softmax, top_n_sigma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,7 @@ def generate_ar(backend: Backend, cond: Conditioning, max_frames: int, sampler: 
     logits = backend.prefill(spec) if use_cache else backend.logits(spec)[-1]
     codes: list[int] = []
     while len(codes) < max_frames:
+        logits = penalize(logits, sampler, np.array(codes, dtype=np.int64), layout.stop_token)
         token = int(sample(logits, sampler, rng))
         if token == layout.stop_token:
             break
@@ -98,6 +99,7 @@ class DemaskSettings:
     cfg_strength: float = 2.5
     cfg_rescale: float = 0.75
     top_no: float = 0.0
+    temperature: float = 0.0  # > 0: sample masked tokens at temperature * (1 - t) (annealed, as the original)
 
 
 def _masked_count(t: np.float32, length: int, step: int) -> int:
@@ -114,9 +116,10 @@ def _guided(cond_logits: np.ndarray, null_logits: np.ndarray, s: DemaskSettings)
     return g.astype(np.float32)
 
 
-def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: DemaskSettings = DemaskSettings()
-                   ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Greedy NAR-len level 0 of `length` frames; returns (codes [length], inputs fed at each step)."""
+def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: DemaskSettings = DemaskSettings(),
+                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """NAR-len level 0 of `length` frames; returns (codes [length], inputs fed at each step). Scores are
+    always the probability of the argmax (the original's unfiltered greedy pass)."""
     layout = backend.layout
     mask = layout.mask_token
     tokens = np.full(length, mask, dtype=np.int64)
@@ -132,5 +135,8 @@ def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: 
         g = top_n_sigma(_guided(c, u, settings), settings.top_no)
         picked = np.argmax(g, axis=-1)
         scores = np.take_along_axis(softmax(g), picked[:, None], axis=-1)[:, 0].astype(np.float32)
+        if settings.temperature > 0:
+            annealed = SamplerSettings(temperature=settings.temperature * float(1 - t))
+            picked = sample(g, annealed if annealed.temperature > 0 else GREEDY, rng)
         tokens = np.where(tokens == mask, picked, tokens)
     return tokens, step_inputs

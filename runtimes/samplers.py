@@ -17,6 +17,9 @@ class SamplerSettings:
     top_p: float = 1.0
     min_p: float = 0.0
     top_no: float = 0.0
+    repetition_penalty: float = 1.0  # the original divides the logit of every earlier token by this, per occurrence
+    repetition_decay: float = 0.0  # ... times distance ** decay
+    length_penalty: float = 0.0  # stop logit divided by length ** factor (> 0: longer outputs)
 
     @property
     def greedy(self) -> bool:
@@ -56,6 +59,19 @@ def _filter(logits: np.ndarray, s: SamplerSettings) -> np.ndarray:
     if s.min_p > 0.0:
         probs = softmax(logits)
         logits = np.where(probs >= s.min_p * probs.max(axis=-1, keepdims=True), logits, -np.inf)
+    return logits
+
+
+def penalize(logits: np.ndarray, s: SamplerSettings, history: np.ndarray | None = None,
+             stop_token: int | None = None) -> np.ndarray:
+    """The original's repetition and length penalties on one AR row [V] (a copy)."""
+    logits = np.array(logits, dtype=np.float32)
+    if history is not None and len(history) and s.repetition_penalty != 1.0:
+        n = len(history)
+        for i, token in enumerate(history):
+            logits[token] /= s.repetition_penalty * ((n - i) ** s.repetition_decay)
+    if stop_token is not None and s.length_penalty != 0.0 and history is not None and len(history):
+        logits[stop_token] /= len(history) ** s.length_penalty
     return logits
 
 

@@ -100,9 +100,9 @@ def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str |
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
     from converters.onnx_export import export_onnx
-    from reference_model.load import load_reference
+    from reference_model.load import load_reference, tokenizer_beside
 
-    path = export_onnx(load_reference(model), out_dir, opset, dtype, quantize, progress)
+    path = export_onnx(load_reference(model), out_dir, opset, dtype, quantize, progress, tokenizer_beside(model))
     progress.stage(f"wrote {path}")
 
 
@@ -132,6 +132,78 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
     progress.stage(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, arch {report['arch']})")
     for kind, verdict in sorted(report["exactness"].items()):
         progress.stage(f"  stock llama.cpp, {kind} passes: {verdict}")
+
+
+@main.command("synthesize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--text", default=None, help="Text to speak (needs espeak-ng).")
+@click.option("--phonemes", default=None, help="IPA phonemes instead of text (no espeak-ng needed).")
+@click.option("--phoneme-ids", default=None, help="Raw phoneme token ids, comma separated.")
+@click.option("--lang", default="en", show_default=True)
+@click.option("--prompt", type=click.Path(path_type=Path), default=None, help="Reference voice WAV (any rate).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out.wav"), show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "torch"]), default="auto", show_default=True)
+@click.option("--modality", type=click.Choice(["ar+nar", "nar-len"]), default="ar+nar", show_default=True)
+@click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with the EnCodec graphs (default: beside MODEL).")
+@click.option("--max-duration", type=float, default=12.0, show_default=True, help="Seconds.")
+@click.option("--ar-temperature", type=float, default=1.0, show_default=True, help="0 = greedy.")
+@click.option("--nar-temperature", type=float, default=0.0, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--min-p", type=float, default=0.0, show_default=True)
+@click.option("--top-no", type=float, default=0.0, show_default=True, help="Top-n-sigma filter.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--length-penalty", type=float, default=0.0, show_default=True)
+@click.option("--demask-steps", type=int, default=25, show_default=True)
+@click.option("--cfg-strength", type=float, default=2.5, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--threads", type=int, default=0, help="0 = the backend's default.")
+@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+              help="llama.cpp KV cache type (f32 is exact for SiLU models).")
+@click.option("--float-wav", is_flag=True, help="Write 32-bit float WAV instead of 16-bit PCM.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@quiet_option
+@_one_line_errors
+def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, backend, modality, codec_dir,
+                   max_duration, ar_temperature, nar_temperature, top_k, top_p, min_p, top_no, repetition_penalty,
+                   length_penalty, demask_steps, cfg_strength, seed, threads, kv_type, float_wav, as_json,
+                   quiet) -> None:
+    """Speak TEXT with MODEL (an exported ONNX folder or a GGUF file) and write a WAV."""
+    import json
+
+    from runtimes import synthesize as synth
+    from runtimes.pipeline import DemaskSettings
+    from runtimes.samplers import SamplerSettings
+    from valle_export import wav
+
+    progress = Progress(quiet)
+    progress.stage(f"loading {model} ({backend})")
+    runner = synth.open_backend(model, backend, threads, kv_type)
+    codec = synth.find_codec(model, codec_dir)
+    filters = dict(top_k=top_k, top_p=top_p, min_p=min_p, top_no=top_no)
+    settings = synth.SynthesisSettings(
+        modality=modality, max_duration=max_duration,
+        ar=SamplerSettings(temperature=ar_temperature, repetition_penalty=repetition_penalty,
+                           length_penalty=length_penalty, **filters),
+        nar=SamplerSettings(temperature=nar_temperature, **filters),
+        demask=DemaskSettings(steps=demask_steps, cfg_strength=cfg_strength, top_no=top_no),
+        seed=seed)
+    audio, codes, summary = synth.synthesize(runner, codec, synth.TextInput(text, phonemes, phoneme_ids, lang),
+                                             model, prompt, settings, progress)
+    wav.write_wav(out, audio, codec.sample_rate, float32=float_wav)
+    summary["out"] = str(out)
+    if as_json:
+        click.echo(json.dumps(summary))
+    elif not quiet:
+        rows = [(k.removesuffix("_s"), f"{v:.3f} s") for k, v in summary["timings_s"].items()]
+        rows += [("total", f"{summary['total_s']:.3f} s"), ("audio", f"{summary['audio_s']:.2f} s "
+                 f"({summary['frames']} frames)"), ("real-time factor", f"{summary['rtf']}")]
+        for k, v in rows:
+            click.echo(f"  {k:18s} {v}", err=True)
+        if not summary["exact"]:
+            click.echo(f"  note: {summary['backend']} is approximate here: {summary['approximation']}", err=True)
+    progress.stage(f"wrote {out}")
 
 
 @main.command("encodec")

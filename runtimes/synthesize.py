@@ -1,0 +1,157 @@
+"""Text (+ optional prompt WAV) -> WAV on any backend: wires the text front end, the pipeline and the codec.
+
+No torch unless the torch reference backend is asked for. Stages are timed for the JSON summary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from valle_export import graphs, names
+from valle_export.errors import BadInput
+from valle_export.progress import Progress
+
+from . import text as text_frontend
+from .codec import OnnxCodec
+from .pipeline import (Conditioning, DemaskSettings, generate_ar, generate_len, generate_nar, demask_nar_len)
+from .samplers import GREEDY, SamplerSettings
+
+MODALITIES = ("ar+nar", "nar-len")
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisSettings:
+    modality: str = "ar+nar"
+    max_duration: float = 12.0  # seconds (the original CLI's default)
+    ar: SamplerSettings = SamplerSettings(temperature=1.0)
+    nar: SamplerSettings = GREEDY
+    demask: DemaskSettings = DemaskSettings()
+    seed: int | None = None
+    prompt_seconds: float = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TextInput:
+    text: str | None = None
+    phonemes: str | None = None
+    phoneme_ids: str | None = None
+    language: str = "en"
+
+
+def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str = "f32", n_ctx: int = 4096):
+    """An ONNX folder, a GGUF file, or (kind torch) a checkpoint / uniform folder."""
+    model = Path(model)
+    if kind == "auto":
+        if model.suffix == ".gguf":
+            kind = "llamacpp"
+        elif (model / graphs.BACKBONE_FILE).is_file():
+            kind = "onnx"
+        else:
+            raise BadInput("not an exported model (a folder with backbone.onnx, or a .gguf file)", model)
+    if kind == "onnx":
+        from .onnx_backend import OnnxBackend, SessionConfig
+
+        return OnnxBackend(model, SessionConfig(threads=threads))
+    if kind == "llamacpp":
+        from .llama_backend import LlamaConfig, LlamaCppBackend
+
+        return LlamaCppBackend(model, LlamaConfig(n_ctx=n_ctx, threads=threads, kv_type=kv_type))
+    if kind == "torch":
+        from reference_model.backend import TorchBackend
+        from reference_model.load import load_reference
+
+        return TorchBackend(load_reference(model))
+    raise BadInput(f"unknown backend {kind!r}")
+
+
+def tokenizer_json(model: Path, backend) -> str | None:
+    file = getattr(backend, "file", None)
+    if file is not None and file.tokenizer:
+        return file.tokenizer
+    folder = model if model.is_dir() else model.parent
+    path = folder / names.TOKENIZER_FILE
+    return path.read_text() if path.is_file() else None
+
+
+def find_codec(model: Path, codec_dir: Path | None) -> OnnxCodec:
+    folder = codec_dir or (model if model.is_dir() else model.parent)
+    if not (folder / graphs.CODEC_DECODER_FILE).is_file():
+        raise BadInput(f"no EnCodec graphs here; export them with `valle-export encodec {folder}` or pass --codec",
+                       folder)
+    return OnnxCodec(folder)
+
+
+def phoneme_ids(inp: TextInput, model: Path, backend) -> np.ndarray:
+    given = [x for x in (inp.text, inp.phonemes, inp.phoneme_ids) if x]
+    if len(given) != 1:
+        raise BadInput("give exactly one of --text, --phonemes, --phoneme-ids")
+    if inp.phoneme_ids:
+        return text_frontend.parse_ids(inp.phoneme_ids, backend.layout.table(names.TABLE_TEXT).rows)
+    tok = tokenizer_json(model, backend)
+    if tok is None:
+        raise BadInput("the model has no phoneme tokenizer (tokenizer.json); pass --phoneme-ids", model)
+    phonemes = inp.phonemes or text_frontend.phonemize(inp.text, inp.language)
+    return text_frontend.PhonemeTokenizer(tok).encode(phonemes)
+
+
+def _pad_for_decoder(codes: np.ndarray, minimum: int) -> np.ndarray:
+    """Repeat the last frame up to the decoder's minimum length (the extra audio is cut afterwards)."""
+    if len(codes) >= minimum:
+        return codes
+    return np.concatenate([codes, np.repeat(codes[-1:], minimum - len(codes), axis=0)])
+
+
+def synthesize(backend, codec: OnnxCodec, inp: TextInput, model: Path, prompt_wav: Path | None,
+               settings: SynthesisSettings, progress: Progress) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Returns (audio [samples], codes [frames, levels], summary)."""
+    from .codec import MIN_DECODE_FRAMES
+
+    if settings.modality not in MODALITIES:
+        raise BadInput(f"--modality must be one of {', '.join(MODALITIES)}")
+    timings, t = {}, time.perf_counter()
+    rng = np.random.default_rng(settings.seed)
+    progress.stage("text -> phoneme ids")
+    phn = phoneme_ids(inp, model, backend)
+    timings["text_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    prompt = None
+    if prompt_wav is not None:
+        progress.stage(f"prompt {prompt_wav} -> codes")
+        prompt = codec.prompt_codes(prompt_wav, settings.prompt_seconds)
+    timings["prompt_s"] = time.perf_counter() - t
+    cond = Conditioning(phn, text_frontend.language_id(inp.language), prompt)
+    max_frames = int(settings.max_duration * backend.layout.frame_rate)
+    t = time.perf_counter()
+    if settings.modality == "ar+nar":
+        progress.stage("AR level 0")
+        codes0 = generate_ar(backend, cond, max_frames, settings.ar, rng)
+        timings["ar_s"] = time.perf_counter() - t
+    else:
+        progress.stage("len")
+        frames = min(generate_len(backend, cond).frames, max_frames)
+        timings["len_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress.stage(f"NAR-len demasking ({settings.demask.steps} steps, {frames} frames)")
+        codes0, _ = demask_nar_len(backend, cond, frames, settings.demask, rng)
+        timings["demask_s"] = time.perf_counter() - t
+    if len(codes0) == 0:
+        raise BadInput("the model stopped before producing any frame (try another seed or a prompt)")
+    t = time.perf_counter()
+    progress.stage(f"NAR levels 1..{backend.layout.audio_levels - 1} ({len(codes0)} frames)")
+    codes = generate_nar(backend, cond, codes0, settings.nar, rng)
+    timings["nar_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    progress.stage("EnCodec decode")
+    audio = codec.decode(_pad_for_decoder(codes, MIN_DECODE_FRAMES).T)[: len(codes) * codec.hop]
+    timings["decode_s"] = time.perf_counter() - t
+    total = sum(timings.values())
+    seconds = len(audio) / codec.sample_rate
+    summary = {"backend": backend.name, "exact": bool(getattr(backend, "exact", True)),
+               "approximation": getattr(backend, "approximation", ""), "modality": settings.modality,
+               "frames": int(len(codes)), "audio_s": round(seconds, 3),
+               "timings_s": {k: round(v, 4) for k, v in timings.items()}, "total_s": round(total, 4),
+               "rtf": round(total / seconds, 4) if seconds else None, "phonemes": int(len(phn))}
+    return audio, codes, summary
