@@ -6,7 +6,8 @@ import pytest
 
 MODULES = ["valle_export", "valle_export.cli", "valle_export.layout", "valle_export.sequence", "valle_export.config",
            "runtimes.pipeline", "runtimes.samplers", "runtimes.fixture_check", "runtimes.onnx_backend",
-           "runtimes.codec", "valle_export.wav"]
+           "runtimes.codec", "valle_export.wav", "valle_export.encodec_cpp_format", "valle_export.inspect_file",
+           "runtimes.synthesize", "runtimes.llama_backend", "runtimes.gguf_file", "runtimes.text"]
 
 
 @pytest.mark.parametrize("module", MODULES)

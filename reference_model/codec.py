@@ -161,3 +161,34 @@ def decode(model: EncodecModel, codes: np.ndarray) -> np.ndarray:
     """Codes [8, T] -> mono 24 kHz float audio [T * 320]."""
     c = torch.from_numpy(np.asarray(codes, np.int64))[:, None]  # [nq, B, T]
     return model.decoder(model.quantizer.decode(c))[0, 0].numpy()
+
+
+def _weight_norm_of(w: torch.Tensor) -> torch.Tensor:
+    """The per-channel norm exactly as the weight-norm kernel computes it, so that g / ||v|| is 1.0."""
+    g = torch.ones((w.shape[0],) + (1,) * (w.dim() - 1), dtype=w.dtype)
+    return torch._weight_norm_interface(w, g, 0)[1].reshape(g.shape)
+
+
+def codec_from_encodec_cpp(path: str | os.PathLike) -> EncodecModel:
+    """Rebuild a transformers EncodecModel from an encodec.cpp weight file (weight norm unfolded as
+    g = ||w||, v = w, which the parametrization turns back into w exactly)."""
+    from valle_export import encodec_cpp_format as fmt
+
+    f = fmt.read_encodec_cpp(path)
+    fmt.check_against_loader(f, path)
+    model = EncodecModel(EncodecConfig())
+    table = _name_table(model)
+    state = {}
+    for name, array in f.tensors.items():
+        w = torch.from_numpy(array.astype(np.float32))
+        if name.endswith(".weight") and not name.split(".")[-2].startswith("lstm"):
+            prefix = name[: -len(".weight")]
+            state[table[prefix + ".weight_g"]] = _weight_norm_of(w)
+            state[table[prefix + ".weight_v"]] = w
+        else:
+            state[table[name]] = w
+    for layer in model.quantizer.layers:  # training-only buffers the file leaves out
+        layer.codebook.inited.fill_(1.0)
+    missing = set(model.state_dict()) - set(state)
+    model.load_state_dict({**{k: v for k, v in model.state_dict().items() if k in missing}, **state})
+    return model.eval().requires_grad_(False)

@@ -228,6 +228,42 @@ def encodec_cmd(paths: tuple[Path, ...], seed: int, quiet: bool) -> None:
     progress.stage(f"wrote {out_dir}")
 
 
+@main.command("encodec-cpp")
+@click.argument("weights", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True)
+@click.option("--outtype", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random default (no WEIGHTS).")
+@quiet_option
+@_one_line_errors
+def encodec_cpp_cmd(weights: Path | None, out: Path, outtype: str, seed: int, quiet: bool) -> None:
+    """Write EnCodec 24 kHz as an encodec.cpp weight file (the drop-in partner of the GGUF). WEIGHTS: a
+    transformers folder or an original `encodec_24khz-*.th`; without it, the seeded random default."""
+    from valle_export import encodec_cpp_format as fmt
+
+    progress = Progress(quiet)
+    if outtype == "f32":
+        click.echo("warning: stock encodec.cpp loads an f32 file but its CPU convolutions abort on it; "
+                   "ship f16", err=True)
+    progress.stage(f"loading EnCodec ({weights or f'random weights, seed {seed}'})")
+    from converters.encodec_cpp import write_encodec_cpp
+    from reference_model.codec import load_codec
+
+    write_encodec_cpp(load_codec(weights, seed), out, fmt.F16 if outtype == "f16" else fmt.F32, progress)
+    progress.stage(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, 120 tensors, checked against the "
+                   "loader's table)")
+
+
+@main.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path))
+@_one_line_errors
+def inspect_cmd(file: Path) -> None:
+    """Print the header, metadata and tensor table of a .gguf, .onnx or encodec.cpp file."""
+    from .inspect_file import inspect_file
+
+    for line in inspect_file(file):
+        click.echo(line)
+
+
 def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path):
     """The backend to check: torch on the fixture's checkpoint, or an exported file (made now if not given)."""
     if backend == "torch":

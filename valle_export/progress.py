@@ -20,6 +20,11 @@ class Progress:
     def bar(self, label: str, done: int, total: int) -> None:
         if self.quiet or total <= 0:
             return
+        if not self.stream.isatty():  # logs get one line per quarter, not a carriage-return stream
+            quarters = {total * q // 4 for q in (1, 2, 3, 4)}
+            if done in quarters:
+                print(f"  {label} {done}/{total}", file=self.stream, flush=True)
+            return
         width = 30
         fill = int(width * done / total)
         end = "\n" if done >= total else ""
