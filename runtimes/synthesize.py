@@ -59,6 +59,10 @@ def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str
         from .llama_backend import LlamaConfig, LlamaCppBackend
 
         return LlamaCppBackend(model, LlamaConfig(n_ctx=n_ctx, threads=threads, kv_type=kv_type))
+    if kind == "ggml":
+        from .ggml_backend import GgmlBackend
+
+        return GgmlBackend(model, threads)
     if kind == "torch":
         from reference_model.backend import TorchBackend
         from reference_model.load import load_reference

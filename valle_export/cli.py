@@ -142,7 +142,8 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 @click.option("--lang", default="en", show_default=True)
 @click.option("--prompt", type=click.Path(path_type=Path), default=None, help="Reference voice WAV (any rate).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out.wav"), show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "torch"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml", "torch"]), default="auto",
+              show_default=True, help="auto: onnx for a folder, llamacpp for a .gguf (ggml: the exact graph on the same file).")
 @click.option("--modality", type=click.Choice(["ar+nar", "nar-len"]), default="ar+nar", show_default=True)
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with the EnCodec graphs (default: beside MODEL).")
@@ -271,15 +272,19 @@ def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: P
         from reference_model.load import load_reference
 
         return TorchBackend(load_reference(fixture_dir))
-    if backend == "llamacpp":
-        from runtimes.llama_backend import LlamaCppBackend
-
+    if backend in ("llamacpp", "ggml"):
         if model is None:
             from converters.gguf_export import export_gguf
             from reference_model.load import load_reference
 
             model = tmp / "model.gguf"
             export_gguf(load_reference(fixture_dir), model, "f32")
+        if backend == "ggml":
+            from runtimes.ggml_backend import GgmlBackend
+
+            return GgmlBackend(model)
+        from runtimes.llama_backend import LlamaCppBackend
+
         return LlamaCppBackend(model)
     from runtimes.onnx_backend import OnnxBackend, SessionConfig
 
@@ -294,7 +299,7 @@ def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: P
 
 @main.command("check-fixture")
 @click.argument("fixture_dir", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["torch", "onnx", "llamacpp"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "onnx", "llamacpp", "ggml"]), default="torch", show_default=True)
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="An exported model to check (default: export the fixture's checkpoint to a temp folder).")
 @_one_line_errors

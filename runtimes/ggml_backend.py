@@ -1,0 +1,207 @@
+"""The ggml backend: the exact VALL-E graph built on ggml (ggml-python bindings), from our GGUF.
+
+Stock llama.cpp cannot run the released models exactly (no erf GELU, and its causal mask compares position
+values). ggml itself can: this backend builds the decoder per pass with RMSNorm, RoPE from an explicit
+int32 positions tensor (NEOX mode for HF rotate-half files, normal mode for Q/K-permuted `llama` files),
+attention with an explicit additive mask (index-causal or bidirectional), gated erf GELU
+(`ggml_geglu_erf_split`) or SiLU, and the final norm; heads (with biases) are applied on the host. The KV
+cache is kept on the host as float32 arrays (rope already applied) and fed back as graph inputs.
+
+Weights are loaded once by ggml's gguf loader into plain C memory (CPU only); every handle is owned by this
+object and freed in `close`. Shapes are validated before every call: a failed ggml assertion would abort
+the whole process.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+from pathlib import Path
+
+import numpy as np
+
+from valle_export import sequence as seq
+from valle_export.errors import BadInput
+
+from .gguf_file import GgufModelFile
+
+LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+                 "ffn_down")
+GRAPH_NODES = 8192
+WORK_MARGIN = 64 << 20
+
+
+class GgmlBackend:
+    name = "ggml"
+
+    def __init__(self, path: str | Path, threads: int = 0):
+        try:
+            import ggml
+        except ImportError:
+            raise BadInput("the ggml backend needs ggml-python (pip install 'valle-export[ggml]')") from None
+        self._g = ggml
+        self.file = GgufModelFile.open(path)
+        self.layout = self.file.layout
+        cfg = self.file.source_config
+        size = cfg["size"]
+        self.n_layers, self.n_heads = int(size["layers"]), int(size["heads"])
+        self.d = int(size["dim"])
+        self.head_dim = self.d // self.n_heads
+        self.eps = float(cfg.get("rms_norm_eps", 1e-6))
+        self.theta = float(cfg.get("rope_theta", 10000.0))
+        self.rope_mode = ggml.GGML_ROPE_TYPE_NEOX if self.file.qk_layout == "neox" else 0
+        self.threads = threads or 2
+        weight_types = {t for n, t in self.file.tensor_types.items() if n.endswith(".weight") and "norm" not in n
+                        and n != "token_embd.weight"}
+        self.exact = weight_types <= {"F32"}
+        self.approximation = "" if self.exact else f"quantized weights ({', '.join(sorted(weight_types))})"
+        self.table = self.file.input_table()  # our graph does not scale inputs (gemma's sqrt(d) is llama.cpp's)
+        self.head_w, self.head_b = self.file.head_weights(), self.file.head_biases()
+        self._load_weights(Path(path))
+        self._k: list[np.ndarray] = []
+        self._v: list[np.ndarray] = []
+        self._cached = 0
+
+    def _load_weights(self, path: Path) -> None:
+        g = self._g
+        holder = g.ggml_context_p_ctypes()
+        params = g.gguf_init_params(no_alloc=False, ctx=ctypes.pointer(holder))
+        self._gguf = g.gguf_init_from_file(str(path).encode(), params)
+        if not self._gguf or not holder.value:
+            raise BadInput("ggml's gguf loader could not read this file", path)
+        ctx = self._wctx = holder.value
+        self.w = {}
+        names = ["output_norm.weight"] + [f"blk.{i}.{t}.weight" for i in range(self.n_layers) for t in LAYER_TENSORS]
+        for name in names:
+            t = g.ggml_get_tensor(ctx, name.encode())
+            if not t:
+                raise BadInput(f"GGUF has no tensor {name}", path)
+            self.w[name] = t
+
+    def close(self) -> None:
+        g = getattr(self, "_g", None)
+        if g is None:
+            return
+        if getattr(self, "_wctx", None):
+            g.ggml_free(self._wctx)
+            self._wctx = None
+        if getattr(self, "_gguf", None):
+            g.gguf_free(self._gguf)
+            self._gguf = None
+
+    def __del__(self):
+        self.close()
+
+    # --- graph -------------------------------------------------------------------------------------------
+    def _mem_bytes(self, n: int, n_kv: int) -> int:
+        ff = int(self.file.tensor_shapes["blk.0.ffn_gate.weight"][0])
+        per_layer = 4 * (n * (16 * self.d + 4 * ff) + 3 * n_kv * n * self.n_heads + 6 * n_kv * self.d)
+        return self.n_layers * per_layer + 4 * n * (4 * self.d + n_kv) + WORK_MARGIN + \
+            (self.n_layers * 64 + 64) * self._g.ggml_tensor_overhead() + self._g.ggml_graph_overhead_custom(GRAPH_NODES, False)
+
+    def _input(self, ctx, array: np.ndarray, gtype: int):
+        """A graph input tensor holding `array` (numpy shape = ggml dims reversed)."""
+        g = self._g
+        dims = list(reversed(array.shape))
+        make = {1: g.ggml_new_tensor_1d, 2: g.ggml_new_tensor_2d, 3: g.ggml_new_tensor_3d}[len(dims)]
+        t = make(ctx, gtype, *dims)
+        ctypes.memmove(g.ggml_get_data(t), array.ctypes.data, array.nbytes)
+        return t
+
+    def _norm(self, ctx, x, weight):
+        g = self._g
+        return g.ggml_mul(ctx, g.ggml_rms_norm(ctx, x, self.eps), weight)
+
+    def _attention(self, ctx, x, pos, mask, layer: int, past_k, past_v):
+        """x [d, n] -> (attention output [d, n], new K [hd, H, n], new V [hd, H, n])."""
+        g, hd, H = self._g, self.head_dim, self.n_heads
+        n = x.contents.ne[1]
+        w = lambda name: self.w[f"blk.{layer}.{name}.weight"]  # noqa: E731
+        q = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w("attn_q"), x), hd, H, n)
+        k = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w("attn_k"), x), hd, H, n)
+        v = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w("attn_v"), x), hd, H, n)
+        rope = dict(n_ctx_orig=0, freq_base=self.theta, freq_scale=1.0, ext_factor=0.0, attn_factor=1.0,
+                    beta_fast=32.0, beta_slow=1.0)
+        q = g.ggml_rope_ext(ctx, q, pos, None, hd, self.rope_mode, *rope.values())
+        k = g.ggml_rope_ext(ctx, k, pos, None, hd, self.rope_mode, *rope.values())
+        k_all = g.ggml_concat(ctx, past_k, k, 2) if past_k is not None else k  # [hd, H, n_kv]
+        v_all = g.ggml_concat(ctx, past_v, v, 2) if past_v is not None else v
+        qp = g.ggml_cont(ctx, g.ggml_permute(ctx, q, 0, 2, 1, 3))  # [hd, n, H]
+        kp = g.ggml_cont(ctx, g.ggml_permute(ctx, k_all, 0, 2, 1, 3))  # [hd, n_kv, H]
+        vt = g.ggml_cont(ctx, g.ggml_permute(ctx, v_all, 1, 2, 0, 3))  # [n_kv, hd, H]
+        scores = g.ggml_soft_max_ext(ctx, g.ggml_mul_mat(ctx, kp, qp), mask, 1.0 / math.sqrt(hd), 0.0)
+        out = g.ggml_cont(ctx, g.ggml_permute(ctx, g.ggml_mul_mat(ctx, vt, scores), 0, 2, 1, 3))  # [hd, H, n]
+        out = g.ggml_mul_mat(ctx, w("attn_output"), g.ggml_reshape_2d(ctx, out, self.d, n))
+        return out, k, v
+
+    def _ffn(self, ctx, x, layer: int):
+        g = self._g
+        w = lambda name: self.w[f"blk.{layer}.{name}.weight"]  # noqa: E731
+        gate, up = g.ggml_mul_mat(ctx, w("ffn_gate"), x), g.ggml_mul_mat(ctx, w("ffn_up"), x)
+        act = g.ggml_geglu_erf_split(ctx, gate, up) if self.layout.hidden_act == "gelu" else \
+            g.ggml_swiglu_split(ctx, gate, up)
+        return g.ggml_mul_mat(ctx, w("ffn_down"), act)
+
+    def run(self, embeds: np.ndarray, positions: np.ndarray, causal: bool, past_k=None, past_v=None):
+        """(hidden [n, d], new K per layer [n, H, hd], new V per layer) for `embeds` after the past."""
+        g = self._g
+        n = len(embeds)
+        past = 0 if not past_k else len(past_k[0])
+        if embeds.shape != (n, self.d) or len(positions) != n or n == 0:
+            raise ValueError(f"bad pass shapes: embeds {embeds.shape}, positions {len(positions)}")
+        mem = self._mem_bytes(n, past + n)
+        ctx = g.ggml_init(g.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=False))
+        if not ctx:
+            raise MemoryError(f"ggml_init could not allocate {mem >> 20} MiB")
+        try:
+            x = self._input(ctx, np.ascontiguousarray(embeds, np.float32), g.GGML_TYPE_F32)
+            pos = self._input(ctx, np.ascontiguousarray(positions, np.int32), g.GGML_TYPE_I32)
+            mask = self._input(ctx, np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0]), g.GGML_TYPE_F32)
+            ks, vs = [], []
+            for layer in range(self.n_layers):
+                pk = self._input(ctx, past_k[layer], g.GGML_TYPE_F32) if past else None
+                pv = self._input(ctx, past_v[layer], g.GGML_TYPE_F32) if past else None
+                attn, k, v = self._attention(ctx, self._norm(ctx, x, self.w[f"blk.{layer}.attn_norm.weight"]),
+                                             pos, mask, layer, pk, pv)
+                h = g.ggml_add(ctx, x, attn)
+                x = g.ggml_add(ctx, h, self._ffn(ctx, self._norm(ctx, h, self.w[f"blk.{layer}.ffn_norm.weight"]), layer))
+                ks.append(k)
+                vs.append(v)
+            out = self._norm(ctx, x, self.w["output_norm.weight"])
+            gf = g.ggml_new_graph_custom(ctx, GRAPH_NODES, False)
+            for t in [out] + ks + vs:
+                g.ggml_build_forward_expand(gf, t)
+            g.ggml_graph_compute_with_ctx(ctx, gf, self.threads)
+            from ggml.utils import to_numpy
+
+            hidden = np.array(to_numpy(out), dtype=np.float32).reshape(n, self.d)
+            kv_shape = (n, self.n_heads, self.head_dim)  # ggml drops trailing dims of size 1
+            return (hidden, [np.array(to_numpy(k)).reshape(kv_shape) for k in ks],
+                    [np.array(to_numpy(v)).reshape(kv_shape) for v in vs])
+        finally:
+            g.ggml_free(ctx)
+
+    # --- pass API -----------------------------------------------------------------------------------------
+    def head_logits(self, hidden: np.ndarray, head: str) -> np.ndarray:
+        w, b = self.head_w[head], self.head_b[head]
+        if len(hidden) <= 8:
+            return np.einsum("nd,rd->nr", hidden, w, optimize=False) + b
+        return hidden @ w.T + b
+
+    def logits(self, spec: seq.PassSpec) -> np.ndarray:
+        hidden, _, _ = self.run(seq.embed(self.table, spec.rows), spec.positions, spec.causal)
+        return self.head_logits(hidden[spec.out_start:], spec.head)
+
+    def prefill(self, spec: seq.PassSpec) -> np.ndarray:
+        self._k, self._v, self._cached = [], [], 0
+        return self.extend(spec)
+
+    def extend(self, spec: seq.PassSpec) -> np.ndarray:
+        if not spec.causal:
+            raise ValueError("a KV cache only serves causal passes")
+        new = slice(self._cached, spec.length)
+        hidden, ks, vs = self.run(seq.embed(self.table, spec.rows[new]), spec.positions[new], True,
+                                  self._k or None, self._v or None)
+        self._k = [np.concatenate([a, b]) for a, b in zip(self._k, ks)] if self._k else ks
+        self._v = [np.concatenate([a, b]) for a, b in zip(self._v, vs)] if self._v else vs
+        self._cached = spec.length
+        return self.head_logits(hidden[-1:], spec.head)[0]
