@@ -29,7 +29,8 @@ from valle_export.sequence import PassSpec  # noqa: E402
 
 PREFILL, NAR_LEN, STEPS = 300, 600, 20
 GGUF_TYPES = ["f32", "f16", "q8_0", "q4_0", "q4_k_m"]
-ROWS = ["torch", "torch-recompute", "onnx-fp32", "onnx-int8"] + [f"llamacpp-{t}" for t in GGUF_TYPES]
+ROWS = (["torch", "torch-recompute", "onnx-fp32", "onnx-int8"] + [f"llamacpp-{t}" for t in GGUF_TYPES]
+        + [f"ggml-{t}" for t in GGUF_TYPES])
 CODEC_ROWS = ["encodec-torch", "encodec-onnx"]
 CODEC_SECONDS = 10.0
 
@@ -60,6 +61,10 @@ def make_backend(row: str, work: Path, threads: int):
 
         torch.set_num_threads(threads)
         return TorchBackend(load_reference(work / "ckpt"))
+    if row.startswith("ggml-"):
+        from runtimes.ggml_backend import GgmlBackend
+
+        return GgmlBackend(gguf_path(work, row), threads)
     if row.startswith("llamacpp-"):
         from runtimes.llama_backend import LlamaConfig, LlamaCppBackend
 
@@ -122,9 +127,31 @@ def measure(row: str, work: Path, threads: int) -> dict:
     backend.logits(nar)
     nar_ms = 1000 * (time.perf_counter() - t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    size = gguf_path(work, row).stat().st_size / 2**20 if row.startswith("llamacpp-") else None
+    gguf = row.startswith(("llamacpp-", "ggml-"))
+    size = gguf_path(work, row).stat().st_size / 2**20 if gguf else None
+    floor = backbone_bytes(gguf_path(work, row)) / read_bandwidth() * 1000 if gguf else None
     return {"row": row, "prefill_300_ms": prefill_ms, "step_ms": step_ms, "steps_per_s": 1000 / step_ms,
-            "nar_600_ms": nar_ms, "peak_rss_mb": rss, "file_mb": size}
+            "nar_600_ms": nar_ms, "peak_rss_mb": rss, "file_mb": size, "floor_ms": floor}
+
+
+def backbone_bytes(path: Path) -> int:
+    """Bytes one AR step must read: every block weight of the GGUF (the head rows are read on the host)."""
+    import gguf
+
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors if t.name.startswith("blk."))
+
+
+def read_bandwidth() -> float:
+    """Measured memory read bandwidth (bytes/s): numpy sum over 512 MiB, best of 3."""
+    a = np.ones(128 << 20, dtype=np.float32)
+    best = min(_timed(a.sum) for _ in range(3))
+    return a.nbytes / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def prepare(work: Path, rows: list[str]) -> None:
@@ -135,7 +162,7 @@ def prepare(work: Path, rows: list[str]) -> None:
     if any(r == "onnx-fp32" for r in rows) and not (work / "onnx" / "backbone.onnx").exists():
         subprocess.run(cli + ["onnx", str(work / "ckpt"), str(work / "onnx")], check=True, env=env)
     for row in rows:
-        if row.startswith("llamacpp-") and not gguf_path(work, row).exists():
+        if row.startswith(("llamacpp-", "ggml-")) and not gguf_path(work, row).exists():
             subprocess.run(cli + ["gguf", str(work / "ckpt"), "-o", str(gguf_path(work, row)), "--outtype",
                                   row.split("-", 1)[1], "-q"], check=True, env=env)
     if "encodec-onnx" in rows and not (work / "codec" / "encodec_decoder.onnx").exists():
@@ -148,13 +175,14 @@ def print_table(results: list[dict], threads: int) -> None:
     print(f"\nVALL-E released shape (d1024, 16 heads, 12 layers, vocab 17702), {threads} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print("| backend | prefill 300 (ms) | AR step at past 300 (ms) | steps/s | NAR pass 600 (ms) | peak RSS (MB) "
-          "| file (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| file (MiB) | bandwidth floor per step (ms) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "step_ms" in r:
             size = f"{r['file_mb']:.0f}" if r.get("file_mb") else "-"
+            floor = f"{r['floor_ms']:.1f} ({r['floor_ms'] / r['step_ms']:.0%})" if r.get("floor_ms") else "-"
             print(f"| {r['row']} | {r['prefill_300_ms']:.0f} | {r['step_ms']:.1f} | {r['steps_per_s']:.1f} | "
-                  f"{r['nar_600_ms']:.0f} | {r['peak_rss_mb']:.0f} | {size} |")
+                  f"{r['nar_600_ms']:.0f} | {r['peak_rss_mb']:.0f} | {size} | {floor} |")
     codec_rows = [r for r in results if "encode_rtf" in r]
     if codec_rows:
         print(f"\nEnCodec 24 kHz, 6 kbps, {CODEC_SECONDS:.0f} s of audio (real-time factor: lower is faster)")

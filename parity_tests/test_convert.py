@@ -15,7 +15,10 @@ from .conftest import DEMO_VARIANTS, fixture_dirs, random_conditioning
 def test_round_trip_bit_identical(tmp_path, demo_checkpoint, variant):
     from reference_model.load import load_reference
 
-    ckpt = demo_checkpoint(*variant)
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(demo_checkpoint(*variant), ckpt)  # never modify the shared session checkpoint
     (ckpt / names.TOKENIZER_FILE).write_text('{"model": {}}')
     out = tmp_path / "uniform"
     result = CliRunner().invoke(main, ["convert", str(ckpt), str(out), "--quiet"])

@@ -5,7 +5,10 @@ values). ggml itself can: this backend builds the decoder per pass with RMSNorm,
 int32 positions tensor (NEOX mode for HF rotate-half files, normal mode for Q/K-permuted `llama` files),
 attention with an explicit additive mask (index-causal or bidirectional), gated erf GELU
 (`ggml_geglu_erf_split`) or SiLU, and the final norm; heads (with biases) are applied on the host. The KV
-cache is kept on the host as float32 arrays (rope already applied) and fed back as graph inputs.
+cache lives in persistent ggml tensors (K as [head_dim, heads, n_ctx], V transposed as [n_ctx, d] so its
+attention view needs no copy); each graph writes its new K/V into views of the cache (`ggml_cpy`) before
+attending over the first past + n positions. Graph memory comes from one reused buffer (no page faults
+per step).
 
 Weights are loaded once by ggml's gguf loader into plain C memory (CPU only); every handle is owned by this
 object and freed in `close`. Shapes are validated before every call: a failed ggml assertion would abort
@@ -33,7 +36,7 @@ WORK_MARGIN = 64 << 20
 class GgmlBackend:
     name = "ggml"
 
-    def __init__(self, path: str | Path, threads: int = 0):
+    def __init__(self, path: str | Path, threads: int = 0, n_ctx: int = 2048):
         try:
             import ggml
         except ImportError:
@@ -56,9 +59,10 @@ class GgmlBackend:
         self.approximation = "" if self.exact else f"quantized weights ({', '.join(sorted(weight_types))})"
         self.table = self.file.input_table()  # our graph does not scale inputs (gemma's sqrt(d) is llama.cpp's)
         self.head_w, self.head_b = self.file.head_weights(), self.file.head_biases()
+        self.n_ctx = n_ctx
         self._load_weights(Path(path))
-        self._k: list[np.ndarray] = []
-        self._v: list[np.ndarray] = []
+        self._cache_ctx = None
+        self._buf: np.ndarray | None = None
         self._cached = 0
 
     def _load_weights(self, path: Path) -> None:
@@ -84,6 +88,9 @@ class GgmlBackend:
         if getattr(self, "_wctx", None):
             g.ggml_free(self._wctx)
             self._wctx = None
+        if getattr(self, "_cache_ctx", None):
+            g.ggml_free(self._cache_ctx)
+            self._cache_ctx = None
         if getattr(self, "_gguf", None):
             g.gguf_free(self._gguf)
             self._gguf = None
@@ -92,11 +99,36 @@ class GgmlBackend:
         self.close()
 
     # --- graph -------------------------------------------------------------------------------------------
+    def _ensure_cache(self) -> None:
+        """Persistent K/V tensors for `n_ctx` positions in their own context (allocated once)."""
+        if self._cache_ctx is not None:
+            return
+        g = self._g
+        per = 2 * self.n_layers
+        size = per * self.n_ctx * self.d * 4 + (per + 8) * g.ggml_tensor_overhead()
+        self._cache_ctx = g.ggml_init(g.ggml_init_params(mem_size=size, mem_buffer=None, no_alloc=False))
+        if not self._cache_ctx:
+            raise MemoryError(f"cannot allocate a KV cache of {size >> 20} MiB")
+        self._kc = [g.ggml_new_tensor_3d(self._cache_ctx, g.GGML_TYPE_F32, self.head_dim, self.n_heads, self.n_ctx)
+                    for _ in range(self.n_layers)]
+        self._vc = [g.ggml_new_tensor_2d(self._cache_ctx, g.GGML_TYPE_F32, self.n_ctx, self.d)
+                    for _ in range(self.n_layers)]
+
     def _mem_bytes(self, n: int, n_kv: int) -> int:
         ff = int(self.file.tensor_shapes["blk.0.ffn_gate.weight"][0])
-        per_layer = 4 * (n * (16 * self.d + 4 * ff) + 3 * n_kv * n * self.n_heads + 6 * n_kv * self.d)
-        return self.n_layers * per_layer + 4 * n * (4 * self.d + n_kv) + WORK_MARGIN + \
-            (self.n_layers * 64 + 64) * self._g.ggml_tensor_overhead() + self._g.ggml_graph_overhead_custom(GRAPH_NODES, False)
+        per_layer = 4 * (n * (14 * self.d + 4 * ff) + 3 * n_kv * n * self.n_heads)
+        return (self.n_layers * per_layer + 4 * n * (4 * self.d + n_kv) + WORK_MARGIN
+                + (self.n_layers * 64 + 64) * self._g.ggml_tensor_overhead()
+                + self._g.ggml_graph_overhead_custom(GRAPH_NODES, False))
+
+    def _context(self, n: int, n_kv: int):
+        """A ggml context on the reused graph buffer (grown when a pass needs more)."""
+        g = self._g
+        need = self._mem_bytes(n, n_kv)
+        if self._buf is None or self._buf.nbytes < need:
+            self._buf = np.zeros(need, dtype=np.uint8)  # zeroed once: pages are touched now, not per step
+        return g.ggml_init(g.ggml_init_params(mem_size=self._buf.nbytes,
+                                              mem_buffer=self._buf.ctypes.data_as(ctypes.c_void_p), no_alloc=False))
 
     def _input(self, ctx, array: np.ndarray, gtype: int):
         """A graph input tensor holding `array` (numpy shape = ggml dims reversed)."""
@@ -111,27 +143,29 @@ class GgmlBackend:
         g = self._g
         return g.ggml_mul(ctx, g.ggml_rms_norm(ctx, x, self.eps), weight)
 
-    def _attention(self, ctx, x, pos, mask, layer: int, past_k, past_v):
-        """x [d, n] -> (attention output [d, n], new K [hd, H, n], new V [hd, H, n])."""
-        g, hd, H = self._g, self.head_dim, self.n_heads
-        n = x.contents.ne[1]
+    def _attention(self, ctx, gf, x, pos, mask, layer: int, past: int, n: int):
+        """x [d, n] -> attention output [d, n]; writes this pass's K/V into the cache at `past`."""
+        g, hd, H, d = self._g, self.head_dim, self.n_heads, self.d
         w = lambda name: self.w[f"blk.{layer}.{name}.weight"]  # noqa: E731
         q = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w("attn_q"), x), hd, H, n)
         k = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w("attn_k"), x), hd, H, n)
-        v = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w("attn_v"), x), hd, H, n)
-        rope = dict(n_ctx_orig=0, freq_base=self.theta, freq_scale=1.0, ext_factor=0.0, attn_factor=1.0,
-                    beta_fast=32.0, beta_slow=1.0)
-        q = g.ggml_rope_ext(ctx, q, pos, None, hd, self.rope_mode, *rope.values())
-        k = g.ggml_rope_ext(ctx, k, pos, None, hd, self.rope_mode, *rope.values())
-        k_all = g.ggml_concat(ctx, past_k, k, 2) if past_k is not None else k  # [hd, H, n_kv]
-        v_all = g.ggml_concat(ctx, past_v, v, 2) if past_v is not None else v
-        qp = g.ggml_cont(ctx, g.ggml_permute(ctx, q, 0, 2, 1, 3))  # [hd, n, H]
-        kp = g.ggml_cont(ctx, g.ggml_permute(ctx, k_all, 0, 2, 1, 3))  # [hd, n_kv, H]
-        vt = g.ggml_cont(ctx, g.ggml_permute(ctx, v_all, 1, 2, 0, 3))  # [n_kv, hd, H]
-        scores = g.ggml_soft_max_ext(ctx, g.ggml_mul_mat(ctx, kp, qp), mask, 1.0 / math.sqrt(hd), 0.0)
-        out = g.ggml_cont(ctx, g.ggml_permute(ctx, g.ggml_mul_mat(ctx, vt, scores), 0, 2, 1, 3))  # [hd, H, n]
-        out = g.ggml_mul_mat(ctx, w("attn_output"), g.ggml_reshape_2d(ctx, out, self.d, n))
-        return out, k, v
+        v = g.ggml_mul_mat(ctx, w("attn_v"), x)  # [d, n]
+        rope = (0, self.theta, 1.0, 0.0, 1.0, 32.0, 1.0)  # n_ctx_orig, base, scale, ext, attn, beta_fast, slow
+        q = g.ggml_rope_ext(ctx, q, pos, None, hd, self.rope_mode, *rope)
+        k = g.ggml_rope_ext(ctx, k, pos, None, hd, self.rope_mode, *rope)
+        kc, vc = self._kc[layer], self._vc[layer]
+        knb, vnb = kc.contents.nb, vc.contents.nb
+        k_dst = g.ggml_view_3d(ctx, kc, hd, H, n, knb[1], knb[2], past * knb[2])
+        v_dst = g.ggml_view_2d(ctx, vc, n, d, vnb[1], past * vnb[0])
+        g.ggml_build_forward_expand(gf, g.ggml_cpy(ctx, k, k_dst))
+        g.ggml_build_forward_expand(gf, g.ggml_cpy(ctx, g.ggml_transpose(ctx, v), v_dst))
+        n_kv = past + n
+        k_all = g.ggml_permute(ctx, g.ggml_view_3d(ctx, kc, hd, H, n_kv, knb[1], knb[2], 0), 0, 2, 1, 3)
+        v_all = g.ggml_view_3d(ctx, vc, n_kv, hd, H, vnb[1], vnb[1] * hd, 0)  # [n_kv, hd, H]
+        qp = g.ggml_permute(ctx, q, 0, 2, 1, 3)  # [hd, n, H]
+        scores = g.ggml_soft_max_ext(ctx, g.ggml_mul_mat(ctx, k_all, qp), mask, 1.0 / math.sqrt(hd), 0.0)
+        out = g.ggml_cont(ctx, g.ggml_permute(ctx, g.ggml_mul_mat(ctx, v_all, scores), 0, 2, 1, 3))  # [hd, H, n]
+        return g.ggml_mul_mat(ctx, w("attn_output"), g.ggml_reshape_2d(ctx, out, d, n))
 
     def _ffn(self, ctx, x, layer: int):
         g = self._g
@@ -141,42 +175,33 @@ class GgmlBackend:
             g.ggml_swiglu_split(ctx, gate, up)
         return g.ggml_mul_mat(ctx, w("ffn_down"), act)
 
-    def run(self, embeds: np.ndarray, positions: np.ndarray, causal: bool, past_k=None, past_v=None):
-        """(hidden [n, d], new K per layer [n, H, hd], new V per layer) for `embeds` after the past."""
+    def run(self, embeds: np.ndarray, positions: np.ndarray, causal: bool, past: int = 0) -> np.ndarray:
+        """Final-norm hidden [n, d] for `embeds` placed after `past` cached positions (written to the cache)."""
         g = self._g
         n = len(embeds)
-        past = 0 if not past_k else len(past_k[0])
         if embeds.shape != (n, self.d) or len(positions) != n or n == 0:
             raise ValueError(f"bad pass shapes: embeds {embeds.shape}, positions {len(positions)}")
-        mem = self._mem_bytes(n, past + n)
-        ctx = g.ggml_init(g.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=False))
-        if not ctx:
-            raise MemoryError(f"ggml_init could not allocate {mem >> 20} MiB")
+        if past + n > self.n_ctx:
+            raise BadInput(f"pass of {past + n} positions exceeds the ggml context ({self.n_ctx}); raise n_ctx")
+        self._ensure_cache()
+        ctx = self._context(n, past + n)
         try:
+            gf = g.ggml_new_graph_custom(ctx, GRAPH_NODES, False)
             x = self._input(ctx, np.ascontiguousarray(embeds, np.float32), g.GGML_TYPE_F32)
             pos = self._input(ctx, np.ascontiguousarray(positions, np.int32), g.GGML_TYPE_I32)
             mask = self._input(ctx, np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0]), g.GGML_TYPE_F32)
-            ks, vs = [], []
             for layer in range(self.n_layers):
-                pk = self._input(ctx, past_k[layer], g.GGML_TYPE_F32) if past else None
-                pv = self._input(ctx, past_v[layer], g.GGML_TYPE_F32) if past else None
-                attn, k, v = self._attention(ctx, self._norm(ctx, x, self.w[f"blk.{layer}.attn_norm.weight"]),
-                                             pos, mask, layer, pk, pv)
+                attn = self._attention(ctx, gf, self._norm(ctx, x, self.w[f"blk.{layer}.attn_norm.weight"]),
+                                       pos, mask, layer, past, n)
                 h = g.ggml_add(ctx, x, attn)
-                x = g.ggml_add(ctx, h, self._ffn(ctx, self._norm(ctx, h, self.w[f"blk.{layer}.ffn_norm.weight"]), layer))
-                ks.append(k)
-                vs.append(v)
+                ffn = self._ffn(ctx, self._norm(ctx, h, self.w[f"blk.{layer}.ffn_norm.weight"]), layer)
+                x = g.ggml_add(ctx, h, ffn)
             out = self._norm(ctx, x, self.w["output_norm.weight"])
-            gf = g.ggml_new_graph_custom(ctx, GRAPH_NODES, False)
-            for t in [out] + ks + vs:
-                g.ggml_build_forward_expand(gf, t)
+            g.ggml_build_forward_expand(gf, out)
             g.ggml_graph_compute_with_ctx(ctx, gf, self.threads)
             from ggml.utils import to_numpy
 
-            hidden = np.array(to_numpy(out), dtype=np.float32).reshape(n, self.d)
-            kv_shape = (n, self.n_heads, self.head_dim)  # ggml drops trailing dims of size 1
-            return (hidden, [np.array(to_numpy(k)).reshape(kv_shape) for k in ks],
-                    [np.array(to_numpy(v)).reshape(kv_shape) for v in vs])
+            return np.array(to_numpy(out), dtype=np.float32).reshape(n, self.d)
         finally:
             g.ggml_free(ctx)
 
@@ -188,20 +213,18 @@ class GgmlBackend:
         return hidden @ w.T + b
 
     def logits(self, spec: seq.PassSpec) -> np.ndarray:
-        hidden, _, _ = self.run(seq.embed(self.table, spec.rows), spec.positions, spec.causal)
+        self._cached = 0  # a full pass starts the cache over
+        hidden = self.run(seq.embed(self.table, spec.rows), spec.positions, spec.causal, 0)
         return self.head_logits(hidden[spec.out_start:], spec.head)
 
     def prefill(self, spec: seq.PassSpec) -> np.ndarray:
-        self._k, self._v, self._cached = [], [], 0
+        self._cached = 0
         return self.extend(spec)
 
     def extend(self, spec: seq.PassSpec) -> np.ndarray:
         if not spec.causal:
             raise ValueError("a KV cache only serves causal passes")
         new = slice(self._cached, spec.length)
-        hidden, ks, vs = self.run(seq.embed(self.table, spec.rows[new]), spec.positions[new], True,
-                                  self._k or None, self._v or None)
-        self._k = [np.concatenate([a, b]) for a, b in zip(self._k, ks)] if self._k else ks
-        self._v = [np.concatenate([a, b]) for a, b in zip(self._v, vs)] if self._v else vs
+        hidden = self.run(seq.embed(self.table, spec.rows[new]), spec.positions[new], True, self._cached)
         self._cached = spec.length
         return self.head_logits(hidden[-1:], spec.head)[0]

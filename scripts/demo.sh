@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/system_deps.sh
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
-pip install -q torch==2.13.0 -e '.[export,llamacpp]'
+CMAKE_ARGS="-DGGML_LLAMAFILE=ON" pip install -q torch==2.13.0 -e '.[export,llamacpp,ggml]'
 mkdir -p demo
 TEXT="The quick brown fox jumps over the lazy dog."
 

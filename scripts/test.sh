@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/system_deps.sh
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
-pip install -q torch==2.13.0 -e '.[test]'
+# ggml-python builds ggml from source: with llamafile's matmul, batched passes are about 1.7x faster
+CMAKE_ARGS="-DGGML_LLAMAFILE=ON" pip install -q torch==2.13.0 -e '.[test]'
 python -m pytest -q
