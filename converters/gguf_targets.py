@@ -49,8 +49,8 @@ def choose_arch(hidden_act: str, position_mode: str, requested: str | None = Non
 
 GELU_NOTE = "approximate: stock llama.cpp has no erf GELU (gemma's tanh GELU, fp16 table on CPU)"
 SEGMENTED_CAUSAL_NOTE = ("refused: a GELU model with segmented positions has no stock llama.cpp method for causal "
-                         "passes (gemma's mask compares restarting position values); use the ONNX backend "
-                         "(or the ggml backend)")
+                         "passes (gemma's mask compares restarting position values); use the ONNX backend, "
+                         "or the ggml backend on this same file (--backend ggml)")
 
 
 def make_target(arch: str, hidden_size: int, position_mode: str, noncausal: bool) -> Target:

@@ -26,6 +26,7 @@ from valle_export import sequence as seq
 from valle_export.errors import BadInput
 
 from .gguf_file import GgufModelFile
+from .host_weights import apply_head
 
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
@@ -207,10 +208,7 @@ class GgmlBackend:
 
     # --- pass API -----------------------------------------------------------------------------------------
     def head_logits(self, hidden: np.ndarray, head: str) -> np.ndarray:
-        w, b = self.head_w[head], self.head_b[head]
-        if len(hidden) <= 8:
-            return np.einsum("nd,rd->nr", hidden, w, optimize=False) + b
-        return hidden @ w.T + b
+        return apply_head(hidden, self.head_w[head], self.head_b[head])
 
     def logits(self, spec: seq.PassSpec) -> np.ndarray:
         self._cached = 0  # a full pass starts the cache over

@@ -22,6 +22,7 @@ from valle_export import names, sequence as seq
 from valle_export.errors import BadInput, RefusedPass, ValleExportError
 
 from .gguf_file import GgufModelFile
+from .host_weights import apply_head
 
 _LOG_CALLBACK = None  # keep a reference: llama.cpp calls it for the life of the process
 
@@ -182,10 +183,7 @@ class LlamaCppBackend:
             self._clear()
 
     def head_logits(self, hidden: np.ndarray, head: str) -> np.ndarray:
-        w, b = self.head_w[head], self.head_b[head]
-        if len(hidden) <= 8:  # no BLAS threads: they would spin against llama.cpp's own threads
-            return np.einsum("nd,rd->nr", hidden, w, optimize=False) + b
-        return hidden @ w.T + b
+        return apply_head(hidden, self.head_w[head], self.head_b[head])
 
     # --- pass API -----------------------------------------------------------------------------------------
     def logits(self, spec: seq.PassSpec) -> np.ndarray:

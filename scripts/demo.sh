@@ -29,7 +29,11 @@ echo "== 4. llama.cpp on the same model: GELU + segmented positions, its causal 
 valle-export synthesize demo/model/model.f16.gguf --text "$TEXT" --out demo/llamacpp.wav --seed 0 \
     --max-duration 4 -q || true
 
-echo "== 5. llama.cpp on a SiLU model of the same shape (arch qwen2vl: exact) =="
+echo "== 5. the same GGUF on our ggml graph: every pass runs (f16 weights: approximate; an f32 GGUF is exact) =="
+valle-export synthesize demo/model/model.f16.gguf --backend ggml --text "$TEXT" --out demo/ggml.wav --seed 0 \
+    --max-duration 4
+
+echo "== 6. llama.cpp on a SiLU model of the same shape (arch qwen2vl: exact) =="
 [ -f demo/ckpt-silu/fp32.sft ] || valle-export demo-checkpoint demo/ckpt-silu --size full --hidden-act silu -q
 valle-export gguf demo/ckpt-silu -o demo/model/silu.f16.gguf --outtype f16 -q
 valle-export synthesize demo/model/silu.f16.gguf --text "$TEXT" --out demo/llamacpp-silu.wav --seed 0 \
