@@ -6,9 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from valle_export import sequence as seq
 from reference_model.model import UniformValleModel
 
 # Relative bounds on final-norm hidden states per exported dtype (fp32 measured ~1e-6; fp16 ~1e-3;

@@ -1,5 +1,4 @@
 """The torch reference vs the ORIGINAL implementation's recorded tensors (every fixture, every case)."""
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

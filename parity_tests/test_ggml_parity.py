@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from valle_export import sequence as seq
 from valle_export.cli import main
 
-from .compare import assert_logits_close, assert_tokens_equal
+from .compare import assert_logits_close
 from .conftest import DEMO_VARIANTS, fixture_dirs, random_conditioning
-from .test_onnx_parity import all_passes
+from .backend_checks import all_passes, argmax_agreement, assert_cached_steps_close, assert_greedy_flows_identical
 from .tolerances import LOGITS_REL_FP32
 
 pytest.importorskip("ggml")
@@ -42,28 +41,14 @@ def test_every_pass_exact_from_f32_gguf(variant, gguf_export, demo_checkpoint):
 
 @pytest.mark.parametrize("variant", DEMO_VARIANTS, ids=lambda v: "-".join(v))
 def test_greedy_tokens_identical(variant, gguf_export, demo_checkpoint):
-    from runtimes.pipeline import DemaskSettings, demask_nar_len, generate_ar, generate_len, generate_nar
-
     b, ref = pair(gguf_export, demo_checkpoint, variant)
-    cond = random_conditioning(43)
-    ar = generate_ar(ref, cond, 40)
-    assert_tokens_equal(generate_ar(b, cond, 40), ar, "greedy AR (cached)")
-    assert_tokens_equal(generate_nar(b, cond, ar), generate_nar(ref, cond, ar), "greedy NAR")
-    assert generate_len(b, cond).value == generate_len(ref, cond).value
-    s = DemaskSettings(steps=5)
-    assert_tokens_equal(demask_nar_len(b, cond, 14, s)[0], demask_nar_len(ref, cond, 14, s)[0], "NAR-len")
+    assert_greedy_flows_identical(b, ref, random_conditioning(43), demask_frames=14)
 
 
 def test_cached_steps_exact(gguf_export, demo_checkpoint):
     b, ref = pair(gguf_export, demo_checkpoint, DEMO_VARIANTS[0])
-    cond = random_conditioning(44)
-    spec = seq.ar_pass(ref.layout, cond.phn, cond.lang, cond.prompt, [])
-    got, want = [b.prefill(spec)], [ref.prefill(spec)]
-    for code in np.random.default_rng(45).integers(0, 1024, 12):
-        spec = seq.extend(ref.layout, spec, "AR:0:0", [int(code)])
-        got.append(b.extend(spec))
-        want.append(ref.extend(spec))
-    assert_logits_close(np.stack(got), np.stack(want), LOGITS_REL_FP32, "ggml cached AR steps, GELU segmented")
+    assert_cached_steps_close(b, ref, random_conditioning(44), 45, 12, LOGITS_REL_FP32,
+                              "ggml cached AR steps, GELU segmented")
 
 
 @pytest.mark.parametrize("outtype", list(QUANT_AGREEMENT))
@@ -71,12 +56,7 @@ def test_quantized_files_measured_agreement(outtype, gguf_export, demo_checkpoin
     b, ref = pair(gguf_export, demo_checkpoint, DEMO_VARIANTS[0], outtype)
     assert not b.exact and b.approximation
     cond = random_conditioning(46)
-    resp = np.random.default_rng(47).integers(0, 1024, (20, 8))
-    agree = total = 0
-    for name, spec in all_passes(ref.layout, cond, resp):
-        got, want = b.logits(spec), ref.logits(spec)
-        agree += int((got.argmax(-1) == want.argmax(-1)).sum())
-        total += len(got)
+    agree, total = argmax_agreement(b, ref, cond, np.random.default_rng(47).integers(0, 1024, (20, 8)))
     assert agree / total >= QUANT_AGREEMENT[outtype], f"{outtype}: argmax agreement {agree}/{total}"
 
 

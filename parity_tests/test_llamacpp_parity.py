@@ -12,9 +12,9 @@ from valle_export import sequence as seq
 from valle_export.cli import main
 from valle_export.errors import RefusedPass
 
-from .compare import assert_logits_close, assert_tokens_equal, rel_error
+from .compare import assert_logits_close, rel_error
 from .conftest import DEMO_VARIANTS, fixture_dirs, random_conditioning
-from .test_onnx_parity import all_passes
+from .backend_checks import all_passes, argmax_agreement, assert_cached_steps_close, assert_greedy_flows_identical
 
 pytest.importorskip("llama_cpp")
 
@@ -48,28 +48,14 @@ def test_silu_every_pass_exact(variant, arch, gguf_export, demo_checkpoint):
 
 @pytest.mark.parametrize("variant, arch", SILU, ids=lambda x: "-".join(x) if isinstance(x, tuple) else str(x))
 def test_silu_greedy_tokens_identical(variant, arch, gguf_export, demo_checkpoint):
-    from runtimes.pipeline import DemaskSettings, demask_nar_len, generate_ar, generate_len, generate_nar
-
     b, ref = pair(gguf_export, demo_checkpoint, variant, arch)
-    cond = random_conditioning(23)
-    ar = generate_ar(ref, cond, 40)
-    assert_tokens_equal(generate_ar(b, cond, 40), ar, "greedy AR (cached)")
-    assert_tokens_equal(generate_nar(b, cond, ar), generate_nar(ref, cond, ar), "greedy NAR")
-    assert generate_len(b, cond).value == generate_len(ref, cond).value
-    s = DemaskSettings(steps=5)
-    assert_tokens_equal(demask_nar_len(b, cond, 15, s)[0], demask_nar_len(ref, cond, 15, s)[0], "NAR-len")
+    assert_greedy_flows_identical(b, ref, random_conditioning(23))
 
 
 def test_silu_cached_steps_exact(gguf_export, demo_checkpoint):
     b, ref = pair(gguf_export, demo_checkpoint, DEMO_VARIANTS[2])
-    cond = random_conditioning(24)
-    spec = seq.ar_pass(ref.layout, cond.phn, cond.lang, cond.prompt, [])
-    got, want = [b.prefill(spec)], [ref.prefill(spec)]
-    for code in np.random.default_rng(25).integers(0, 1024, 12):
-        spec = seq.extend(ref.layout, spec, "AR:0:0", [int(code)])
-        got.append(b.extend(spec))
-        want.append(ref.extend(spec))
-    assert_logits_close(np.stack(got), np.stack(want), EXACT_REL, "qwen2vl cached AR steps, segmented positions")
+    assert_cached_steps_close(b, ref, random_conditioning(24), 25, 12, EXACT_REL,
+                              "qwen2vl cached AR steps, segmented positions")
 
 
 def test_gelu_segmented_refuses_causal_and_approximates_the_rest(gguf_export, demo_checkpoint):
@@ -123,12 +109,7 @@ def test_f16_kv_cache_is_labelled_and_bounded(gguf_export, demo_checkpoint):
 def test_quantized_files_run_with_measured_agreement(outtype, gguf_export, demo_checkpoint):
     b, ref = pair(gguf_export, demo_checkpoint, DEMO_VARIANTS[2], outtype=outtype)
     cond = random_conditioning(31)
-    resp = np.random.default_rng(32).integers(0, 1024, (20, 8))
-    agree = total = 0
-    for name, spec in all_passes(ref.layout, cond, resp):
-        got, want = b.logits(spec), ref.logits(spec)
-        agree += int((got.argmax(-1) == want.argmax(-1)).sum())
-        total += len(got)
+    agree, total = argmax_agreement(b, ref, cond, np.random.default_rng(32).integers(0, 1024, (20, 8)))
     assert agree / total >= QUANT_AGREEMENT[outtype], f"{outtype}: argmax agreement {agree}/{total}"
 
 

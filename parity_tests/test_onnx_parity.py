@@ -6,8 +6,8 @@ fp16 / int8: they load and run; error and token agreement are measured and bound
 import numpy as np
 import pytest
 
-from valle_export import sequence as seq
 
+from .backend_checks import all_passes, argmax_agreement, assert_cached_steps_close, assert_greedy_flows_identical
 from .compare import assert_logits_close, assert_tokens_equal, rel_error
 from .conftest import DEMO_VARIANTS, fixture_dirs, random_conditioning
 from .tolerances import LOGITS_REL_FP32
@@ -27,16 +27,6 @@ def backends(onnx_folder, checkpoint, variant="fp32"):
     return OnnxBackend(onnx_folder, SessionConfig(provider="cpu", variant=variant)), TorchBackend(load_reference(checkpoint))
 
 
-def all_passes(layout, cond, resp):
-    yield "ar", seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, resp[:, 0])
-    for q in range(1, layout.audio_levels):
-        yield f"nar.{q}", seq.nar_pass(layout, cond.phn, cond.lang, cond.prompt, resp, q)
-    yield "len", seq.len_pass(layout, cond.phn, cond.lang, cond.prompt, [0, 4, 2])
-    masked = np.where(np.arange(len(resp)) % 3 == 0, layout.mask_token, resp[:, 0])
-    yield "narlen", seq.nar_len_pass(layout, cond.phn, cond.lang, cond.prompt, masked)
-    yield "narlen_null", seq.nar_len_pass(layout, seq.null_phonemes(layout), cond.lang, None, masked)
-
-
 @pytest.mark.parametrize("variant", DEMO_VARIANTS, ids=lambda v: "-".join(v))
 def test_every_pass_fp32(variant, onnx_export, demo_checkpoint):
     onnx_b, ref = backends(onnx_export(variant), demo_checkpoint(*variant))
@@ -50,28 +40,13 @@ def test_every_pass_fp32(variant, onnx_export, demo_checkpoint):
 
 @pytest.mark.parametrize("variant", DEMO_VARIANTS, ids=lambda v: "-".join(v))
 def test_greedy_tokens_identical(variant, onnx_export, demo_checkpoint):
-    from runtimes.pipeline import DemaskSettings, demask_nar_len, generate_ar, generate_len, generate_nar
-
     onnx_b, ref = backends(onnx_export(variant), demo_checkpoint(*variant))
-    cond = random_conditioning(13)
-    ar_onnx, ar_ref = generate_ar(onnx_b, cond, 40), generate_ar(ref, cond, 40)
-    assert_tokens_equal(ar_onnx, ar_ref, "greedy AR")
-    assert_tokens_equal(generate_nar(onnx_b, cond, ar_ref), generate_nar(ref, cond, ar_ref), "greedy NAR")
-    assert generate_len(onnx_b, cond).value == generate_len(ref, cond).value
-    s = DemaskSettings(steps=6)
-    assert_tokens_equal(demask_nar_len(onnx_b, cond, 17, s)[0], demask_nar_len(ref, cond, 17, s)[0], "NAR-len")
+    assert_greedy_flows_identical(onnx_b, ref, random_conditioning(13), demask_frames=17, demask_steps=6)
 
 
 def test_cached_steps_match_reference(onnx_export, demo_checkpoint):
     onnx_b, ref = backends(onnx_export(), demo_checkpoint())
-    cond = random_conditioning(14)
-    spec = seq.ar_pass(ref.layout, cond.phn, cond.lang, cond.prompt, [])
-    got, want = [onnx_b.prefill(spec)], [ref.prefill(spec)]
-    for code in np.random.default_rng(15).integers(0, 1024, 10):
-        spec = seq.extend(ref.layout, spec, "AR:0:0", [int(code)])
-        got.append(onnx_b.extend(spec))
-        want.append(ref.extend(spec))
-    assert_logits_close(np.stack(got), np.stack(want), LOGITS_REL_FP32, "cached AR steps")
+    assert_cached_steps_close(onnx_b, ref, random_conditioning(14), 15, 10, LOGITS_REL_FP32, "cached AR steps")
 
 
 @pytest.mark.parametrize("fixture", fixture_dirs(), ids=lambda p: p.name)
@@ -95,12 +70,8 @@ def test_reduced_precision_within_stated_bounds(dtype, quantize, rel_bound, agre
     onnx_b, ref = backends(onnx_export(dtype=dtype, quantize=quantize), demo_checkpoint(), variant)
     cond = random_conditioning(16)
     resp = np.random.default_rng(17).integers(0, 1024, (25, 8))
-    agree, total, worst = 0, 0, 0.0
-    for name, spec in all_passes(ref.layout, cond, resp):
-        got, want = onnx_b.logits(spec), ref.logits(spec)
-        worst = max(worst, rel_error(got, want)[1])
-        agree += int((got.argmax(-1) == want.argmax(-1)).sum())
-        total += len(got)
+    worst = max(rel_error(onnx_b.logits(spec), ref.logits(spec))[1] for _, spec in all_passes(ref.layout, cond, resp))
+    agree, total = argmax_agreement(onnx_b, ref, cond, resp)
     assert worst <= rel_bound, f"{variant}: logits relative error {worst:.3e} > {rel_bound}"
     assert agree / total >= agreement, f"{variant}: argmax agreement {agree}/{total} < {agreement:.0%}"
 

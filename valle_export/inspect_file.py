@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from . import encodec_cpp_format as fmt
 from .errors import BadInput
