@@ -7,8 +7,9 @@ attention with an explicit additive mask (index-causal or bidirectional), gated 
 (`ggml_geglu_erf_split`) or SiLU, and the final norm; heads (with biases) are applied on the host. The KV
 cache lives in persistent ggml tensors (K as [head_dim, heads, n_ctx], V transposed as [n_ctx, d] so its
 attention view needs no copy); each graph writes its new K/V into views of the cache (`ggml_cpy`) before
-attending over the first past + n positions. Graph memory comes from one reused buffer (no page faults
-per step).
+attending over the first past + n positions. Graph memory comes from one `ggml_gallocr` kept for the
+backend's life: its buffer survives across passes (no page faults per step) and intermediates that are dead
+within a pass share memory.
 
 Weights are loaded once by ggml's gguf loader into plain C memory (CPU only); every handle is owned by this
 object and freed in `close`. Shapes are validated before every call: a failed ggml assertion would abort
@@ -31,7 +32,6 @@ from .host_weights import apply_head
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                  "ffn_down")
 GRAPH_NODES = 8192
-WORK_MARGIN = 64 << 20
 
 
 class GgmlBackend:
@@ -63,7 +63,12 @@ class GgmlBackend:
         self.n_ctx = n_ctx
         self._load_weights(Path(path))
         self._cache_ctx = None
-        self._buf: np.ndarray | None = None
+        self._meta: np.ndarray | None = None  # tensor headers of the graph being built (no data)
+        self._cpu = ggml.ggml_backend_cpu_init()
+        ggml.ggml_backend_cpu_set_n_threads(self._cpu, self.threads)
+        # one graph allocator for the backend's life: it keeps its buffer across passes and reuses the memory
+        # of intermediates that are dead within a pass
+        self._galloc = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(self._cpu))
         self._cached = 0
 
     def _load_weights(self, path: Path) -> None:
@@ -92,6 +97,12 @@ class GgmlBackend:
         if getattr(self, "_cache_ctx", None):
             g.ggml_free(self._cache_ctx)
             self._cache_ctx = None
+        if getattr(self, "_galloc", None):
+            g.ggml_gallocr_free(self._galloc)
+            self._galloc = None
+        if getattr(self, "_cpu", None):
+            g.ggml_backend_free(self._cpu)
+            self._cpu = None
         if getattr(self, "_gguf", None):
             g.gguf_free(self._gguf)
             self._gguf = None
@@ -115,29 +126,23 @@ class GgmlBackend:
         self._vc = [g.ggml_new_tensor_2d(self._cache_ctx, g.GGML_TYPE_F32, self.n_ctx, self.d)
                     for _ in range(self.n_layers)]
 
-    def _mem_bytes(self, n: int, n_kv: int) -> int:
-        ff = int(self.file.tensor_shapes["blk.0.ffn_gate.weight"][0])
-        per_layer = 4 * (n * (14 * self.d + 4 * ff) + 3 * n_kv * n * self.n_heads)
-        return (self.n_layers * per_layer + 4 * n * (4 * self.d + n_kv) + WORK_MARGIN
-                + (self.n_layers * 64 + 64) * self._g.ggml_tensor_overhead()
-                + self._g.ggml_graph_overhead_custom(GRAPH_NODES, False))
-
-    def _context(self, n: int, n_kv: int):
-        """A ggml context on the reused graph buffer (grown when a pass needs more)."""
+    def _meta_context(self):
+        """A no_alloc context for the graph's tensor headers, on a reused buffer."""
         g = self._g
-        need = self._mem_bytes(n, n_kv)
-        if self._buf is None or self._buf.nbytes < need:
-            self._buf = np.zeros(need, dtype=np.uint8)  # zeroed once: pages are touched now, not per step
-        return g.ggml_init(g.ggml_init_params(mem_size=self._buf.nbytes,
-                                              mem_buffer=self._buf.ctypes.data_as(ctypes.c_void_p), no_alloc=False))
+        need = (self.n_layers * 96 + 64) * g.ggml_tensor_overhead() + g.ggml_graph_overhead_custom(GRAPH_NODES, False)
+        if self._meta is None or self._meta.nbytes < need:
+            self._meta = np.zeros(need, dtype=np.uint8)
+        return g.ggml_init(g.ggml_init_params(mem_size=self._meta.nbytes,
+                                              mem_buffer=self._meta.ctypes.data_as(ctypes.c_void_p), no_alloc=True))
 
-    def _input(self, ctx, array: np.ndarray, gtype: int):
-        """A graph input tensor holding `array` (numpy shape = ggml dims reversed)."""
+    def _input(self, ctx, array: np.ndarray, gtype: int, pending: list):
+        """A graph input for `array` (numpy shape = ggml dims reversed); its data is copied after allocation."""
         g = self._g
         dims = list(reversed(array.shape))
         make = {1: g.ggml_new_tensor_1d, 2: g.ggml_new_tensor_2d, 3: g.ggml_new_tensor_3d}[len(dims)]
         t = make(ctx, gtype, *dims)
-        ctypes.memmove(g.ggml_get_data(t), array.ctypes.data, array.nbytes)
+        g.ggml_set_input(t)
+        pending.append((t, array))
         return t
 
     def _norm(self, ctx, x, weight):
@@ -185,12 +190,13 @@ class GgmlBackend:
         if past + n > self.n_ctx:
             raise BadInput(f"pass of {past + n} positions exceeds the ggml context ({self.n_ctx}); raise n_ctx")
         self._ensure_cache()
-        ctx = self._context(n, past + n)
+        ctx = self._meta_context()
+        pending = []
         try:
             gf = g.ggml_new_graph_custom(ctx, GRAPH_NODES, False)
-            x = self._input(ctx, np.ascontiguousarray(embeds, np.float32), g.GGML_TYPE_F32)
-            pos = self._input(ctx, np.ascontiguousarray(positions, np.int32), g.GGML_TYPE_I32)
-            mask = self._input(ctx, np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0]), g.GGML_TYPE_F32)
+            x = self._input(ctx, np.ascontiguousarray(embeds, np.float32), g.GGML_TYPE_F32, pending)
+            pos = self._input(ctx, np.ascontiguousarray(positions, np.int32), g.GGML_TYPE_I32, pending)
+            mask = self._input(ctx, np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0]), g.GGML_TYPE_F32, pending)
             for layer in range(self.n_layers):
                 attn = self._attention(ctx, gf, self._norm(ctx, x, self.w[f"blk.{layer}.attn_norm.weight"]),
                                        pos, mask, layer, past, n)
@@ -198,8 +204,13 @@ class GgmlBackend:
                 ffn = self._ffn(ctx, self._norm(ctx, h, self.w[f"blk.{layer}.ffn_norm.weight"]), layer)
                 x = g.ggml_add(ctx, h, ffn)
             out = self._norm(ctx, x, self.w["output_norm.weight"])
+            g.ggml_set_output(out)
             g.ggml_build_forward_expand(gf, out)
-            g.ggml_graph_compute_with_ctx(ctx, gf, self.threads)
+            if not g.ggml_gallocr_alloc_graph(self._galloc, gf):
+                raise MemoryError("ggml could not allocate the graph")
+            for tensor, array in pending:
+                ctypes.memmove(g.ggml_get_data(tensor), array.ctypes.data, array.nbytes)
+            g.ggml_backend_graph_compute(self._cpu, gf)
             from ggml.utils import to_numpy
 
             return np.array(to_numpy(out), dtype=np.float32).reshape(n, self.d)
