@@ -80,8 +80,6 @@ def gguf_tensors(model, target: targets.Target) -> dict[str, np.ndarray]:
 
 
 def _metadata(writer, model, target: targets.Target, tokenizer: str | None, outtype: str) -> None:
-    import gguf
-
     cfg, layout = model.cfg, model.layout
     arch = target.arch
     writer.add_name(cfg.name or "vall-e")
@@ -109,7 +107,6 @@ def _metadata(writer, model, target: targets.Target, tokenizer: str | None, outt
     writer.add_float32(names.GGUF_INPUT_SCALE, target.input_scale)
     writer.add_string(names.GGUF_ROPE_LAYOUT, target.qk_layout)
     writer.add_string(names.GGUF_EXACTNESS, json.dumps(target.exactness))
-    del gguf
 
 
 def _convert(name: str, data: np.ndarray, outtype: str) -> tuple[np.ndarray, object]:

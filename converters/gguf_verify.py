@@ -24,7 +24,8 @@ def verify_gguf(path: Path, model, target: targets.Target, outtype: str) -> dict
         problems.append(f"arch {f.arch} != {target.arch}")
     if f.layout != model.layout:
         problems.append("valle.layout differs from the model's layout")
-    expected = {k: v.shape for k, v in gguf_export.gguf_tensors(model, target).items()}
+    source = gguf_export.gguf_tensors(model, target)
+    expected = {k: v.shape for k, v in source.items()}
     if f.tensor_shapes != {k: tuple(v) for k, v in expected.items()}:
         missing = sorted(set(expected) - set(f.tensor_shapes))
         extra = sorted(set(f.tensor_shapes) - set(expected))
@@ -32,8 +33,7 @@ def verify_gguf(path: Path, model, target: targets.Target, outtype: str) -> dict
     if not np.array_equal(f.head_bias, gguf_export.head_bias_vector(model)):
         problems.append("valle.head_bias differs from the model's head biases")
     worst: dict[str, float] = {}
-    source = gguf_export.gguf_tensors(model, target) if not problems else {}
-    for name, want in source.items():
+    for name, want in (source.items() if not problems else ()):
         got = f.tensor(name)
         rel = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
         kind = f.tensor_types[name]

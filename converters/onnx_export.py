@@ -144,11 +144,6 @@ def save_runtime_weights(model: UniformValleModel, path: Path) -> None:
               metadata={graphs.META_LAYOUT: model.layout.to_json()})
 
 
-def backbone_file(dtype: str, quantize: str | None) -> str:
-    suffix = "int8" if quantize else ("" if dtype == "fp32" else dtype)
-    return graphs.BACKBONE_FILE.replace(".onnx", f".{suffix}.onnx" if suffix else ".onnx")
-
-
 def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype: str = "fp32",
                 quantize: str | None = None, progress: Progress | None = None, tokenizer: Path | None = None) -> Path:
     """Write the backbone (+ runtime weights, layout) into `out_dir`, checked and verified; returns the graph."""
@@ -163,7 +158,8 @@ def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype:
         raise BadInput("--quantize int8 starts from the fp32 graph; do not combine it with --dtype fp16")
     if not 18 <= opset <= 23:
         raise BadInput(f"--opset {opset}: supported opsets are 18..23")
-    name = backbone_file(dtype, quantize)
+    variant = quantize or dtype
+    name = graphs.backbone_file(variant)
     with atomic_dir(out_dir) as tmp:
         work = Path(tempfile.mkdtemp(dir=tmp, prefix=".work"))
         progress.stage(f"exporting backbone ({dtype}, opset {opset}, {model.cfg.n_layers} layers)")
@@ -189,7 +185,7 @@ def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype:
         progress.stage("verifying against the reference (onnxruntime)")
         from .verify import verify_backbone
 
-        report = verify_backbone(model, tmp, variant=name)
+        report = verify_backbone(model, tmp, variant)
         progress.stage(report.summary())
         if not report.ok:
             raise ValleExportError(f"verification failed: {report.summary()}", out_dir / name)

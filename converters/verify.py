@@ -39,8 +39,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 def verify_backbone(model: UniformValleModel, folder: Path, variant: str) -> VerifyReport:
     from runtimes.onnx_backend import OnnxBackend, SessionConfig
 
-    dtype = variant.split(".")[1] if variant.count(".") == 2 else "fp32"
-    backend = OnnxBackend(folder, SessionConfig(provider="cpu", variant=dtype))
+    backend = OnnxBackend(folder, SessionConfig(provider="cpu", variant=variant))
     rng = np.random.default_rng(0)
     rows = rng.integers(0, model.layout.vocab_size, (13, 2))
     pos = np.concatenate([np.arange(9), np.arange(4)])
@@ -56,4 +55,4 @@ def verify_backbone(model: UniformValleModel, folder: Path, variant: str) -> Ver
         h, past = backend.hidden(rows[i:i + 1], pos[i:i + 1], True, past)
         steps.append(h[0])
     errors["cached steps"] = _rel(np.stack(steps), want[10:])
-    return VerifyReport(dtype, errors)
+    return VerifyReport(variant, errors)

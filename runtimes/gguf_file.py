@@ -39,6 +39,7 @@ class GgufModelFile:
     tensor_types: dict[str, str]
     tensor_shapes: dict[str, tuple[int, ...]]
     _reader: object = dataclasses.field(repr=False, default=None)
+    _token_embd: np.ndarray | None = dataclasses.field(repr=False, default=None)
 
     @classmethod
     def open(cls, path: str | Path) -> "GgufModelFile":
@@ -78,9 +79,15 @@ class GgufModelFile:
                 return np.asarray(data, dtype=np.float32).reshape(self.tensor_shapes[name])
         raise BadInput(f"GGUF has no tensor {name}", self.path)
 
+    def token_embd(self) -> np.ndarray:
+        """token_embd dequantized once: the input table and every head's rows are slices of it."""
+        if self._token_embd is None:
+            self._token_embd = self.tensor(TOKEN_EMBD)
+        return self._token_embd
+
     def head_weights(self) -> dict[str, np.ndarray]:
         """Each head's weight rows [rows, d] (float32), from token_embd after the input table."""
-        embd = self.tensor(TOKEN_EMBD)
+        embd = self.token_embd()
         heads, row = {}, self.head_row_start
         for h in self.layout.heads:
             heads[h.name] = embd[row:row + h.rows]
@@ -97,4 +104,4 @@ class GgufModelFile:
         return out
 
     def input_table(self) -> np.ndarray:
-        return self.tensor(TOKEN_EMBD)[: self.head_row_start]
+        return self.token_embd()[: self.head_row_start]

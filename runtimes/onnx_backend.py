@@ -52,7 +52,7 @@ def _providers(choice: str) -> list[str]:
 
 
 def variant_file(folder: Path, variant: str) -> Path:
-    name = graphs.BACKBONE_FILE if variant == "fp32" else graphs.BACKBONE_FILE.replace(".onnx", f".{variant}.onnx")
+    name = graphs.backbone_file(variant)
     path = folder / name
     if not path.is_file():
         have = sorted(p.name for p in folder.glob("backbone*.onnx"))

@@ -44,6 +44,11 @@ class GraphSpec:
         return [t.name for t in self.outputs]
 
 
+def backbone_file(variant: str) -> str:
+    """File name of an exported backbone variant: fp32 -> backbone.onnx, fp16 / int8 -> backbone.<v>.onnx."""
+    return BACKBONE_FILE if variant == "fp32" else BACKBONE_FILE.replace(".onnx", f".{variant}.onnx")
+
+
 def past_name(layer: int, kind: str) -> str:
     return f"past_key_values.{layer}.{kind}"
 
