@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from valle_export import names
+from valle_export import exactness, names
 from valle_export.errors import BadInput, ValleExportError
 from valle_export.files import atomic_path
 from valle_export.layout import Layout
@@ -79,7 +79,20 @@ def gguf_tensors(model, target: targets.Target) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _metadata(writer, model, target: targets.Target, tokenizer: str | None, outtype: str) -> None:
+def stored_weight_types(outtype: str) -> set[str]:
+    """The weight types an outtype stores (before llama.cpp's per-tensor choices for K-quants), for the verdict
+    written into the file; verification checks it against the types actually stored."""
+    return {"F32"} if outtype == "f32" else {outtype.upper()}
+
+
+def file_verdicts(model, arch: str, outtype: str) -> exactness.Verdicts:
+    layout = model.layout
+    return exactness.llamacpp_verdicts(arch, layout.hidden_act, layout.position_mode, layout.noncausal_masks,
+                                       stored_weight_types(outtype))
+
+
+def _metadata(writer, model, target: targets.Target, tokenizer: str | None, outtype: str,
+              verdicts: exactness.Verdicts) -> None:
     cfg, layout = model.cfg, model.layout
     arch = target.arch
     writer.add_name(cfg.name or "vall-e")
@@ -106,7 +119,7 @@ def _metadata(writer, model, target: targets.Target, tokenizer: str | None, outt
     writer.add_array(names.GGUF_HEAD_BIAS, [float(x) for x in head_bias_vector(model)])
     writer.add_float32(names.GGUF_INPUT_SCALE, target.input_scale)
     writer.add_string(names.GGUF_ROPE_LAYOUT, target.qk_layout)
-    writer.add_string(names.GGUF_EXACTNESS, json.dumps(target.exactness))
+    writer.add_string(names.GGUF_EXACTNESS, exactness.to_json(verdicts))
 
 
 def _convert(name: str, data: np.ndarray, outtype: str) -> tuple[np.ndarray, object]:
@@ -127,11 +140,11 @@ def _convert(name: str, data: np.ndarray, outtype: str) -> tuple[np.ndarray, obj
 
 
 def write_gguf_py(model, path: Path, target: targets.Target, outtype: str, tokenizer: str | None,
-                  progress: Progress) -> None:
+                  progress: Progress, verdicts: exactness.Verdicts) -> None:
     import gguf
 
     writer = gguf.GGUFWriter(str(path), target.arch)
-    _metadata(writer, model, target, tokenizer, outtype)
+    _metadata(writer, model, target, tokenizer, outtype, verdicts)
     tensors = gguf_tensors(model, target)
     for k, (name, data) in enumerate(tensors.items()):
         converted, qtype = _convert(name, data, outtype)
@@ -168,10 +181,11 @@ def export_gguf(model, out: Path, outtype: str = "f16", arch: str | None = None,
         raise BadInput(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
     layout = model.layout
     try:
-        arch = targets.choose_arch(layout.hidden_act, layout.position_mode, arch)
+        arch = targets.choose_arch(layout.hidden_act, arch)
     except ValueError as err:
         raise BadInput(f"--arch: {err}") from None
-    target = targets.make_target(arch, model.cfg.d_model, layout.position_mode, layout.noncausal_masks)
+    target = targets.make_target(arch, model.cfg.d_model)
+    verdicts = file_verdicts(model, arch, outtype)  # K-quants: the f32 staging file already carries the final one
     scale = math.sqrt(model.cfg.d_model)
     if arch == targets.GEMMA and scale != 2 ** round(math.log2(scale)):
         progress.stage(f"note: sqrt(n_embd) = {scale:g} is not a power of two; the host rescaling rounds")
@@ -181,11 +195,11 @@ def export_gguf(model, out: Path, outtype: str = "f16", arch: str | None = None,
         if outtype in K_QUANTS:
             with tempfile.TemporaryDirectory(dir=out.parent) as work:
                 f32 = Path(work) / "f32.gguf"
-                write_gguf_py(model, f32, target, "f32", tokenizer, progress)
+                write_gguf_py(model, f32, target, "f32", tokenizer, progress, verdicts)
                 progress.stage(f"quantizing to {outtype} with llama.cpp")
                 quantize_with_llama_cpp(f32, tmp, outtype)
         else:
-            write_gguf_py(model, tmp, target, outtype, tokenizer, progress)
+            write_gguf_py(model, tmp, target, outtype, tokenizer, progress, verdicts)
         progress.stage("reading back with gguf.GGUFReader and verifying")
         report = verify_gguf(tmp, model, target, outtype)
         progress.stage(report["summary"])

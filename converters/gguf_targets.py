@@ -7,8 +7,8 @@ how the uniform model's tensors are named and transformed for it.
 - `qwen2vl` for SiLU models: M-RoPE with sections [0, head_dim/2, 0, 0]. Position component 0 (the
   sequence index) drives the causal mask and the cache checks, component 1 (the model's position) drives
   every rotary dimension: exact for segmented and unified positions, causal and bidirectional. NEOX style.
-- `llama` for SiLU models with unified positions, on request (`--arch llama`): Q/K rows permuted per head
-  to llama.cpp's interleaved rope layout.
+- `llama` for SiLU models on request (`--arch llama`): Q/K rows permuted per head to llama.cpp's
+  interleaved rope layout; segmented positions run through the llama.cpp backend's relabelling (design 3b).
 
 Heads cannot be extra tensors (stock llama.cpp refuses a file with tensors it does not know), and a large
 metadata array is read element by element by gguf-py. So every head's rows are appended to `token_embd`
@@ -21,8 +21,6 @@ import math
 
 import numpy as np
 
-from valle_export import names
-
 GEMMA, QWEN2VL, LLAMA = "gemma", "qwen2vl", "llama"
 
 
@@ -31,38 +29,23 @@ class Target:
     arch: str
     qk_layout: str  # "neox" or "interleaved"
     input_scale: float  # host-side factor applied to summed inputs
-    exactness: dict  # per pass kind: "exact" / "approximate: ..." / "refused: ..."
 
 
-def choose_arch(hidden_act: str, position_mode: str, requested: str | None = None) -> str:
+def choose_arch(hidden_act: str, requested: str | None = None) -> str:
     if hidden_act == "gelu":
         if requested not in (None, GEMMA):
             raise ValueError(f"a GELU model can only be written as arch gemma (asked: {requested})")
         return GEMMA
-    if requested == LLAMA and position_mode != names.POSITIONS_UNIFIED:
-        raise ValueError("arch llama cannot reproduce segmented positions (its mask compares position values); "
-                         "use qwen2vl")
     if requested == GEMMA:
         raise ValueError("arch gemma computes GELU, this model uses SiLU")
     return requested or QWEN2VL
 
 
-GELU_NOTE = "approximate: stock llama.cpp has no erf GELU (gemma's tanh GELU, fp16 table on CPU)"
-SEGMENTED_CAUSAL_NOTE = ("refused: a GELU model with segmented positions has no stock llama.cpp method for causal "
-                         "passes (gemma's mask compares restarting position values); use the ONNX backend, "
-                         "or the ggml backend on this same file (--backend ggml)")
-
-
-def make_target(arch: str, hidden_size: int, position_mode: str, noncausal: bool) -> Target:
+def make_target(arch: str, hidden_size: int) -> Target:
+    """Q/K layout and host input scale of an arch (what llama.cpp computes is `valle_export.exactness`)."""
     if arch == GEMMA:
-        segmented = position_mode == names.POSITIONS_SEGMENTED
-        causal = SEGMENTED_CAUSAL_NOTE if segmented else GELU_NOTE
-        exact = {"ar": causal, "len": causal, "nar": GELU_NOTE, "nar_len": GELU_NOTE}
-        if segmented and not noncausal:  # every pass is causal then
-            exact = {k: SEGMENTED_CAUSAL_NOTE for k in exact}
-        return Target(GEMMA, "neox", 1.0 / math.sqrt(hidden_size), exact)
-    exact = {k: "exact" for k in ("ar", "len", "nar", "nar_len")}
-    return Target(arch, "interleaved" if arch == LLAMA else "neox", 1.0, exact)
+        return Target(GEMMA, "neox", 1.0 / math.sqrt(hidden_size))
+    return Target(arch, "interleaved" if arch == LLAMA else "neox", 1.0)
 
 
 def permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:

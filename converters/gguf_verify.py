@@ -40,8 +40,12 @@ def verify_gguf(path: Path, model, target: targets.Target, outtype: str) -> dict
         worst[kind] = max(worst.get(kind, 0.0), rel)
         if rel > TYPE_REL_BOUND.get(kind, 1.0):
             problems.append(f"{name} ({kind}) dequantized error {rel:.2e} > {TYPE_REL_BOUND.get(kind, 1.0):g}")
+    stored = {k: v.status for k, v in f.exactness.items()}
+    actual = {k: v.status for k, v in f.llamacpp_verdicts().items()}
+    if stored != actual:
+        problems.append(f"valle.exactness {stored} disagrees with the stored tensor types {actual}")
     if problems:
         raise ValleExportError("GGUF verification failed: " + "; ".join(problems[:4]), path)
     types = ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()))
-    return {"arch": f.arch, "tensors": len(f.tensor_types), "worst_by_type": worst, "exactness": f.exactness,
+    return {"arch": f.arch, "tensors": len(f.tensor_types), "worst_by_type": worst, "exactness": f.llamacpp_verdicts(),
             "summary": f"verified {len(f.tensor_types)} tensors ({f.arch}); max relative error by type: {types}"}

@@ -46,11 +46,30 @@ def assert_cached_steps_close(backend, ref, cond, seed: int, steps: int, rel_tol
     assert_logits_close(np.stack(got), np.stack(want), rel_tol, label)
 
 
-def argmax_agreement(backend, ref, cond, resp) -> tuple[int, int]:
-    """(agreeing rows, rows) of argmax over every pass kind."""
+def argmax_agreement_of(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[int, int]:
+    """(agreeing rows, rows) of argmax over pairs of logits; a missing or extra row counts as disagreement."""
     agree = total = 0
-    for _, spec in all_passes(ref.layout, cond, resp):
-        got, want = backend.logits(spec), ref.logits(spec)
-        agree += int((got.argmax(-1) == want.argmax(-1)).sum())
-        total += len(got)
+    for g, w in zip(got, want, strict=True):
+        n = min(len(g), len(w))
+        agree += int((g[:n].argmax(-1) == w[:n].argmax(-1)).sum())
+        total += max(len(g), len(w))
+    if total == 0:
+        raise AssertionError("argmax agreement over no rows")
     return agree, total
+
+
+def sequence_agreement(got: np.ndarray, want: np.ndarray) -> float:
+    """Share of agreeing tokens over the longer sequence: a shorter output counts its missing tokens as
+    disagreement, and two empty outputs are an error, not agreement."""
+    got, want = np.asarray(got), np.asarray(want)
+    n, longest = min(len(got), len(want)), max(len(got), len(want))
+    if longest == 0:
+        raise AssertionError("token agreement over two empty outputs")
+    per_row = int(np.prod(got.shape[1:])) if got.ndim > 1 else 1
+    return float(np.sum(got[:n] == want[:n]) / (longest * per_row))
+
+
+def argmax_agreement(backend, ref, cond, resp) -> tuple[int, int]:
+    """(agreeing rows, rows) of argmax over every pass kind, both backends in this process."""
+    specs = [spec for _, spec in all_passes(ref.layout, cond, resp)]
+    return argmax_agreement_of([backend.logits(s) for s in specs], [ref.logits(s) for s in specs])

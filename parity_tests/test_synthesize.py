@@ -82,7 +82,8 @@ def test_prompt_wav_and_summary(exported, tmp_path):
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is installed by scripts/system_deps.sh")
 def test_text_through_espeak(exported, tmp_path):
-    from runtimes.text import PhonemeTokenizer, demo_tokenizer_json, phonemize
+    from runtimes.text import PhonemeTokenizer, phonemize
+    from valle_export.demo_tokenizer import demo_tokenizer_json
 
     assert phonemize("Once again, excellent work.") == "wˈʌns ɐɡˈɛn, ˈɛksələnt wˈɜːk."  # the fixture's phonemes
     ids = PhonemeTokenizer(demo_tokenizer_json()).encode(phonemize("Hello world."))

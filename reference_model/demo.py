@@ -87,7 +87,7 @@ def write_demo_checkpoint(out_dir: str | os.PathLike, spec: DemoSpec) -> str:
             names.META_STATS: json.dumps({"global_step": 0})}
     with atomic_path(final) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-    from runtimes.text import demo_tokenizer_json
+    from valle_export.demo_tokenizer import demo_tokenizer_json
 
     with atomic_path(os.path.join(out_dir, names.TOKENIZER_FILE)) as tmp:
         tmp.write_text(demo_tokenizer_json(), encoding="utf-8")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from valle_export import sequence as seq
+from valle_export import exactness, sequence as seq
 from valle_export.errors import BadInput
 
 from .gguf_file import GgufModelFile
@@ -54,10 +54,10 @@ class GgmlBackend:
         self.theta = float(cfg.get("rope_theta", 10000.0))
         self.rope_mode = ggml.GGML_ROPE_TYPE_NEOX if self.file.qk_layout == "neox" else 0
         self.threads = threads or 2
-        weight_types = {t for n, t in self.file.tensor_types.items() if n.endswith(".weight") and "norm" not in n
-                        and n != "token_embd.weight"}
-        self.exact = weight_types <= {"F32"}
-        self.approximation = "" if self.exact else f"quantized weights ({', '.join(sorted(weight_types))})"
+        self.verdicts = exactness.ggml_verdicts(self.file.weight_types)  # its KV cache is always f32
+        self.exact = exactness.all_exact(self.verdicts)
+        self.approximation = exactness.approximation(self.verdicts)
+        self.refused_kinds: set[str] = set()
         self.table = self.file.input_table()  # our graph does not scale inputs (gemma's sqrt(d) is llama.cpp's)
         self.head_w, self.head_b = self.file.head_weights(), self.file.head_biases()
         self.n_ctx = n_ctx

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from valle_export import names
+from valle_export import exactness, names
 from valle_export.errors import BadInput
 from valle_export.layout import Layout
 
@@ -24,6 +24,13 @@ def _field(reader, key: str, path: Path, required: bool = True):
     return field.contents()
 
 
+def _verdicts(text: str, path: Path) -> exactness.Verdicts:
+    try:
+        return exactness.from_json(text)
+    except (ValueError, KeyError, TypeError) as err:
+        raise BadInput(f"GGUF has a malformed {names.GGUF_EXACTNESS} ({err})", path) from None
+
+
 @dataclasses.dataclass
 class GgufModelFile:
     path: Path
@@ -35,7 +42,7 @@ class GgufModelFile:
     head_bias: np.ndarray  # [head rows] float32, heads in layout order
     input_scale: float
     qk_layout: str
-    exactness: dict
+    exactness: exactness.Verdicts  # as stored (stock llama.cpp, F32 KV); backends recompute from the file
     tensor_types: dict[str, str]
     tensor_shapes: dict[str, tuple[int, ...]]
     _reader: object = dataclasses.field(repr=False, default=None)
@@ -63,11 +70,23 @@ class GgufModelFile:
             head_bias=np.asarray(_field(reader, names.GGUF_HEAD_BIAS, path), dtype=np.float32),
             input_scale=float(_field(reader, names.GGUF_INPUT_SCALE, path)),
             qk_layout=_field(reader, names.GGUF_ROPE_LAYOUT, path),
-            exactness=json.loads(_field(reader, names.GGUF_EXACTNESS, path)),
+            exactness=_verdicts(_field(reader, names.GGUF_EXACTNESS, path), path),
             tensor_types={t.name: t.tensor_type.name for t in reader.tensors},
             tensor_shapes={t.name: tuple(int(x) for x in reversed(t.shape)) for t in reader.tensors},
             _reader=reader,
         )
+
+    @property
+    def weight_types(self) -> set[str]:
+        """Stored types of the tensors that hold weights (norm vectors are always F32)."""
+        return {t for n, t in self.tensor_types.items() if len(self.tensor_shapes[n]) > 1}
+
+    def llamacpp_verdicts(self, kv_type: str = "f32", state_problem: str = "") -> exactness.Verdicts:
+        """What stock llama.cpp computes from this file, decided from the file's own facts (and, at run time,
+        the KV type and the backend's state-format self-test)."""
+        layout = self.layout
+        return exactness.llamacpp_verdicts(self.arch, layout.hidden_act, layout.position_mode,
+                                           layout.noncausal_masks, self.weight_types, kv_type, state_problem)
 
     def tensor(self, name: str) -> np.ndarray:
         """A tensor dequantized to float32, in numpy (row-major) shape."""

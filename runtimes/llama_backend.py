@@ -7,24 +7,42 @@ hidden states (embeddings mode, no pooling) and the pass's head (with its bias) 
   have decreasing positions) with the outputs put back in sequence order.
 - `qwen2vl` files get M-RoPE position arrays: component 0 = sequence index (mask, cache continuity),
   component 1 = the model's position (every rotary dimension).
-- Limits are stated, not hidden: a GELU model is approximate (`exact = False`, `approximation` says why),
-  and a GELU model with segmented positions refuses causal passes (`RefusedPass`, naming the alternatives).
+- gemma / llama files run causal passes with restarting (segmented) positions by relabelling (design.md 3b):
+  every token is fed at its model position + 1; a pass is cut into runs where positions rise by 1; before a
+  run that restarts at p, the sequence's cached cells are moved to position p - 1 through
+  `llama_state_seq_get_data` / `llama_state_seq_set_data` (K and V untouched, `runtimes.llama_state`). Keys
+  and queries keep their own model rotations, and the position-causal mask then equals the index-causal one.
+  The state format is not a documented API: at load a self-test compares a relabelled two-segment pass with
+  an independent method (per-token sequence-id sets in one non-causal batch); any difference refuses the
+  causal passes with one line naming the alternatives.
+- Limits are stated, not hidden: `verdicts` (from `valle_export.exactness`, decided by the file's arch,
+  activation, positions, masks and stored tensor types, and this context's KV type) label every pass kind;
+  `exact` is True only when all of them are, `approximation` says why not, and refused passes raise
+  `RefusedPass` naming the alternatives.
+- On Intel AMX hosts the model loads without llama.cpp's extra buffer types (its AMX kernels crash on quantized
+  weights): `runtimes.host_cpu`.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from valle_export import names, sequence as seq
+from valle_export import exactness, names, sequence as seq
 from valle_export.errors import BadInput, RefusedPass, ValleExportError
 
+from . import host_cpu
+from . import llama_state
 from .gguf_file import GgufModelFile
 from .host_weights import apply_head
 
+SELF_TEST_POSITIONS = np.array([0, 1, 2, 3, 0, 1, 2, 0, 1])  # three segments: two relabels
+SELF_TEST_REL = 1e-3  # both methods run the same kernels (measured ~1e-6); a wrong mask gives ~0.9
 _LOG_CALLBACK = None  # keep a reference: llama.cpp calls it for the life of the process
+LOG_LINES: collections.deque[str] = collections.deque(maxlen=400)  # llama.cpp's recent log, kept for reports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +52,17 @@ class LlamaConfig:
     kv_type: str = "f32"  # f32 (exact for SiLU models) or f16
     flash_attention: bool = False  # on CPU it adds ~7e-4 error even with an f32 cache
     gpu_layers: int = 0
+    extra_bufts: str | None = None  # auto / on / off: llama.cpp's AMX + repack weight buffers (None: env, else auto)
+
+
+def weight_buffer_types() -> list[str]:
+    """Buffer types llama.cpp reported for the weights of the most recent model load ("CPU", "CPU_REPACK",
+    "AMX", ...): how the tests prove which kernels run."""
+    found = []
+    for line in LOG_LINES:
+        if "model buffer size" in line:
+            found.append(line.split(":", 1)[-1].split("model buffer size")[0].strip())
+    return found
 
 
 def _silence_llama_logs() -> None:
@@ -41,18 +70,9 @@ def _silence_llama_logs() -> None:
     import llama_cpp
 
     if _LOG_CALLBACK is None:
-        _LOG_CALLBACK = llama_cpp.llama_log_callback(lambda level, text, data: None)
+        _LOG_CALLBACK = llama_cpp.llama_log_callback(
+            lambda level, text, data: LOG_LINES.append(text.decode("utf-8", "replace")) if text else None)
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-
-
-def pass_kind(head: str) -> str:
-    if head == names.HEAD_AR:
-        return "ar"
-    if head == names.HEAD_LEN:
-        return "len"
-    if head == names.HEAD_NAR_LEN:
-        return "nar_len"
-    return "nar"
 
 
 class LlamaCppBackend:
@@ -67,36 +87,48 @@ class LlamaCppBackend:
         self.file = GgufModelFile.open(path)
         self.layout = self.file.layout
         self.config = config
-        self.exact = all(v == "exact" for v in self.file.exactness.values()) and config.kv_type == "f32"
-        self.approximation = "" if self.exact else "; ".join(sorted(set(
-            v for v in self.file.exactness.values() if v != "exact"))) or "f16 KV cache"
         self.table = (self.file.input_table() * np.float32(self.file.input_scale)).astype(np.float32)
         self.head_w, self.head_b = self.file.head_weights(), self.file.head_biases()
         self.mrope = self.file.arch == "qwen2vl"
-        self.refused_kinds = {k for k, v in self.file.exactness.items() if v.startswith("refused")}
+        self._cached, self._last_fed = 0, None
+        self._state_buf = None
         self._load(Path(path))
-        self._cached = 0
+        self.relabelling = not self.mrope and self.layout.position_mode == names.POSITIONS_SEGMENTED
+        self.state_problem = self._self_test() if self.relabelling else ""
+        self.verdicts = self.file.llamacpp_verdicts(config.kv_type, self.state_problem)
+        self.exact = exactness.all_exact(self.verdicts)
+        self.approximation = exactness.approximation(self.verdicts)
+        self.refused_kinds = exactness.refused_kinds(self.verdicts)
 
-    def _load(self, path: Path) -> None:
+    def _context_params(self, n_ctx: int, n_seq: int = 1):
         L = self._L
-        _silence_llama_logs()
-        L.llama_backend_init()
-        mp = L.llama_model_default_params()
-        mp.n_gpu_layers = self.config.gpu_layers
-        self._model = L.llama_model_load_from_file(str(path).encode(), mp)
-        if not self._model:
-            raise BadInput("stock llama.cpp refused to load this GGUF", path)
         cp = L.llama_context_default_params()
-        cp.n_ctx = cp.n_batch = cp.n_ubatch = self.config.n_ctx
-        cp.n_seq_max = 1
+        cp.n_ctx = cp.n_batch = cp.n_ubatch = n_ctx
+        cp.n_seq_max = n_seq
+        cp.kv_unified = True
         cp.embeddings = True
         cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
-        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.config.flash_attention else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.config.flash_attention
+                              else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         kv = {"f32": L.GGML_TYPE_F32, "f16": L.GGML_TYPE_F16}[self.config.kv_type]
         cp.type_k = cp.type_v = kv
         if self.config.threads:
             cp.n_threads = cp.n_threads_batch = self.config.threads
-        self._ctx = L.llama_init_from_model(self._model, cp)
+        return cp
+
+    def _load(self, path: Path) -> None:
+        L = self._L
+        _silence_llama_logs()
+        LOG_LINES.clear()
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = self.config.gpu_layers
+        self.extra_bufts = host_cpu.use_extra_bufts(self.config.extra_bufts)
+        mp.use_extra_bufts = self.extra_bufts
+        self._model = L.llama_model_load_from_file(str(path).encode(), mp)
+        if not self._model:
+            raise BadInput("stock llama.cpp refused to load this GGUF", path)
+        self._ctx = L.llama_init_from_model(self._model, self._context_params(self.config.n_ctx))
         if not self._ctx:
             raise BadInput("llama.cpp could not create a context for this GGUF", path)
         self.n_embd = L.llama_model_n_embd(self._model)
@@ -115,10 +147,12 @@ class LlamaCppBackend:
     # --- llama.cpp calls ---------------------------------------------------------------------------------
     def _clear(self) -> None:
         self._L.llama_memory_clear(self._L.llama_get_memory(self._ctx), True)
-        self._cached = 0
+        self._cached, self._last_fed = 0, None
 
-    def _decode(self, embeds: np.ndarray, positions: np.ndarray, index_start: int) -> np.ndarray:
-        """One batch of embeddings -> hidden states [n, d] (batch order)."""
+    def _decode(self, embeds: np.ndarray, positions: np.ndarray, index_start: int, ctx=None,
+                seq_lists: list[list[int]] | None = None) -> np.ndarray:
+        """One batch of embeddings -> hidden states [n, d] (batch order). `seq_lists` gives each token its
+        sequence ids (default: sequence 0)."""
         L = self._L
         n = len(embeds)
         if n > self.config.n_ctx or index_start + n > self.config.n_ctx:
@@ -132,10 +166,12 @@ class LlamaCppBackend:
         else:
             pos = np.asarray(positions, dtype=np.int32)
         pos = np.ascontiguousarray(pos.reshape(-1))
-        n_seq = np.ones(n, dtype=np.int32)
-        seq_ids = np.zeros(n, dtype=np.int32)
+        seq_lists = seq_lists or [[0]] * n
+        n_seq = np.array([len(ids) for ids in seq_lists], dtype=np.int32)
+        seq_ids = np.array([i for ids in seq_lists for i in ids], dtype=np.int32)
+        offsets = np.concatenate([[0], np.cumsum(n_seq)[:-1]])
         seq_ptrs = (ctypes.POINTER(ctypes.c_int32) * n)(
-            *[ctypes.cast(seq_ids.ctypes.data + 4 * i, ctypes.POINTER(ctypes.c_int32)) for i in range(n)])
+            *[ctypes.cast(seq_ids.ctypes.data + 4 * int(o), ctypes.POINTER(ctypes.c_int32)) for o in offsets])
         outputs = np.ones(n, dtype=np.int8)
         batch = L.llama_batch()
         batch.n_tokens = n
@@ -145,21 +181,95 @@ class LlamaCppBackend:
         batch.n_seq_id = n_seq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
         batch.seq_id = seq_ptrs
         batch.logits = outputs.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-        rc = L.llama_decode(self._ctx, batch)
+        ctx = ctx or self._ctx
+        rc = L.llama_decode(ctx, batch)
         if rc != 0:
             raise ValleExportError(f"llama_decode failed (code {rc}) on a batch of {n} positions")
-        ptr = L.llama_get_embeddings(self._ctx)
+        ptr = L.llama_get_embeddings(ctx)
         return np.ctypeslib.as_array(ptr, shape=(n, self.n_embd)).copy()
 
+    # --- relabelling (design.md 3b) -------------------------------------------------------------------------
+    def _relabel(self, position: int) -> None:
+        """Move every cached cell of sequence 0 to `position` (K and V untouched), checked after write-back."""
+        L = self._L
+        size = L.llama_state_seq_get_size(self._ctx, 0)
+        if self._state_buf is None or len(self._state_buf) < size:
+            self._state_buf = (ctypes.c_uint8 * size)()
+        got = L.llama_state_seq_get_data(self._ctx, self._state_buf, size, 0)
+        if got != size:
+            raise llama_state.StateFormatError(f"llama_state_seq_get_data wrote {got} of {size} bytes")
+        blob = np.frombuffer(self._state_buf, dtype=np.uint8, count=size)
+        llama_state.relabel(blob, llama_state.parse(blob), position)
+        used = L.llama_state_seq_set_data(self._ctx, self._state_buf, size, 0)
+        if used != size:
+            raise llama_state.StateFormatError(f"llama_state_seq_set_data read {used} of {size} bytes")
+        mem = L.llama_get_memory(self._ctx)
+        lo, hi = L.llama_memory_seq_pos_min(mem, 0), L.llama_memory_seq_pos_max(mem, 0)
+        if lo != position or hi != position:
+            raise llama_state.StateFormatError(f"cells sit at {lo}..{hi} after relabelling to {position}")
+
+    def _causal(self, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Feed the next causal tokens into the cache: runs of rising positions, relabelled at each restart."""
+        index_start = self._cached
+        if self.mrope or not self.relabelling:
+            hidden = self._decode(embeds, positions, index_start)
+            self._cached += len(embeds)
+            return hidden
+        fed = np.asarray(positions, dtype=np.int64) + 1  # so that a cell can be moved to p - 1 >= 0
+        cuts = np.flatnonzero(np.diff(fed) != 1) + 1
+        out = []
+        for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(fed)]):
+            if self._last_fed is not None and fed[start] != self._last_fed + 1:
+                self._relabel(int(fed[start]) - 1)
+            out.append(self._decode(embeds[start:stop], fed[start:stop], index_start + start))
+            self._last_fed = int(fed[stop - 1])
+            self._cached = index_start + stop
+        return np.concatenate(out)
+
+    def _self_test(self) -> str:
+        """'' when a relabelled pass reproduces an independent method on a short three-segment input; else
+        one line saying what differs. Run once at load; failure refuses causal passes that restart positions."""
+        rows = np.random.default_rng(0).integers(0, len(self.table), len(SELF_TEST_POSITIONS))
+        embeds = self.table[rows]
+        try:
+            self._clear()
+            self._L.llama_set_causal_attn(self._ctx, True)
+            got = self._causal(embeds, SELF_TEST_POSITIONS)
+        except (llama_state.StateFormatError, ValleExportError) as err:
+            return f"llama.cpp's saved-state format differs from the one relabelling expects ({err})"
+        finally:
+            self._clear()
+        want = self._index_causal_by_sequence_sets(embeds, SELF_TEST_POSITIONS + 1)
+        rel = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+        if not rel <= SELF_TEST_REL:
+            return (f"llama.cpp's saved-state format differs: a relabelled pass is {rel:.2e} away from the "
+                    f"independent check (bound {SELF_TEST_REL:g})")
+        return ""
+
+    def _index_causal_by_sequence_sets(self, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The independent method of design.md 3b: one non-causal batch on a fresh context where token i
+        belongs to sequences {i..T-1}, listed in descending order (measured: this order gives the index-causal
+        mask, 3e-7 from the relabelled pass; ascending gives a wrong mask, 0.77), sorted by position."""
+        L, n = self._L, len(embeds)
+        ctx = L.llama_init_from_model(self._model, self._context_params(max(64, n), n_seq=n))
+        if not ctx:
+            raise BadInput("llama.cpp could not create the self-test context", self.file.path)
+        try:
+            L.llama_set_causal_attn(ctx, False)
+            order = np.argsort(positions, kind="stable")
+            seq_lists = [list(range(n - 1, int(i) - 1, -1)) for i in order]
+            out = np.empty((n, self.n_embd), dtype=np.float32)
+            out[order] = self._decode(embeds[order], positions[order], 0, ctx, seq_lists)
+            return out
+        finally:
+            L.llama_free(ctx)
+
     def _check_causal(self, spec: seq.PassSpec) -> None:
-        if self.mrope:
+        if self.mrope or not self.state_problem:
             return
         if np.any(np.diff(spec.positions) < 0):
-            kind = pass_kind(spec.head)
-            reason = self.file.exactness.get(kind, "")
-            why = reason.removeprefix("refused: ") if reason.startswith("refused") else \
-                "its causal mask compares position values, and this pass restarts positions"
-            raise RefusedPass(f"llama.cpp refuses the {kind} pass: {why}", kind)
+            kind = exactness.pass_kind(spec.head)
+            raise RefusedPass(f"llama.cpp refuses the {kind} pass: {self.verdicts[kind].reason}", kind)
 
     def hidden(self, spec: seq.PassSpec) -> np.ndarray:
         """Final-norm hidden states [L, d] of a full pass on a cleared cache, in sequence order."""
@@ -169,7 +279,7 @@ class LlamaCppBackend:
         if spec.causal:
             self._check_causal(spec)
             L.llama_set_causal_attn(self._ctx, True)
-            return self._decode(embeds, spec.positions, 0)
+            return self._causal(embeds, spec.positions)
         L.llama_set_causal_attn(self._ctx, False)
         try:
             if self.mrope:
@@ -199,6 +309,5 @@ class LlamaCppBackend:
         self._check_causal(spec)
         self._L.llama_set_causal_attn(self._ctx, True)
         new = slice(self._cached, spec.length)
-        hidden = self._decode(seq.embed(self.table, spec.rows[new]), spec.positions[new], self._cached)
-        self._cached = spec.length
+        hidden = self._causal(seq.embed(self.table, spec.rows[new]), spec.positions[new])
         return self.head_logits(hidden[-1:], spec.head)[0]

@@ -42,7 +42,8 @@ class TextInput:
 
 
 def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str = "f32", n_ctx: int = 4096):
-    """An ONNX folder, a GGUF file, or (kind torch) a checkpoint / uniform folder."""
+    """An ONNX folder or a GGUF file on a torch-free backend. (The torch reference is opened by the CLI, the
+    composition root: no runtime module imports reference_model.)"""
     model = Path(model)
     if kind == "auto":
         if model.suffix == ".gguf":
@@ -62,12 +63,7 @@ def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str
     if kind == "ggml":
         from .ggml_backend import GgmlBackend
 
-        return GgmlBackend(model, threads)
-    if kind == "torch":
-        from reference_model.backend import TorchBackend
-        from reference_model.load import load_reference
-
-        return TorchBackend(load_reference(model))
+        return GgmlBackend(model, threads, n_ctx)
     raise BadInput(f"unknown backend {kind!r}")
 
 

@@ -28,6 +28,14 @@ def _one_line_errors(fn):
     return wrapper
 
 
+def _torch_backend(model: Path):
+    """The torch reference as a backend (the CLI is the one place that composes reference and runtime)."""
+    from reference_model.backend import TorchBackend
+    from reference_model.load import load_reference
+
+    return TorchBackend(load_reference(model))
+
+
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 
 
@@ -130,8 +138,10 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
     tok = tokenizer_beside(model)
     report = export_gguf(ref, out, outtype, arch, tok.read_text() if tok else None, progress)
     progress.stage(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, arch {report['arch']})")
-    for kind, verdict in sorted(report["exactness"].items()):
-        progress.stage(f"  stock llama.cpp, {kind} passes: {verdict}")
+    from .exactness import report_lines
+
+    for line in report_lines(report["exactness"]):
+        progress.stage(f"  stock llama.cpp (F32 KV), {line}")
 
 
 @main.command("synthesize")
@@ -180,7 +190,7 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, 
 
     progress = Progress(quiet)
     progress.stage(f"loading {model} ({backend})")
-    runner = synth.open_backend(model, backend, threads, kv_type)
+    runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads, kv_type)
     codec = synth.find_codec(model, codec_dir)
     filters = dict(top_k=top_k, top_p=top_p, min_p=min_p, top_no=top_no)
     settings = synth.SynthesisSettings(
