@@ -6,6 +6,11 @@ Each row runs in its own process (so its peak RSS is its own): build the model f
 checkpoint (made in --work if missing), then time a causal prefill of 300 positions, one cached decode step
 at past 300 (mean of 20), and a bidirectional NAR pass of 600 positions. The `torch-recompute` row is the
 original's loop: every AR step recomputes the whole 301-position sequence.
+
+llama.cpp rows take a suffix: `llamacpp-q4_0@off` loads without llama.cpp's extra weight buffers (AMX, CPU
+repack; what Intel AMX hosts get, runtimes/host_cpu.py), `@on` with them. `relabel-<type>` rows time the
+released configuration's real AR pass on llama.cpp (segmented positions: 62 phonemes, lang, level, a 3 s
+prompt, response): the prefill with its 4 relabels, the mean cost of one relabel, and the cached AR step after.
 """
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ def extended(spec: PassSpec, k: int) -> PassSpec:
 
 
 def gguf_path(work: Path, row: str) -> Path:
-    return work / f"model.{row.split('-', 1)[1]}.gguf"
+    return work / f"model.{row.split('@')[0].split('-', 1)[1]}.gguf"
 
 
 def make_backend(row: str, work: Path, threads: int):
@@ -65,10 +70,11 @@ def make_backend(row: str, work: Path, threads: int):
         from runtimes.ggml_backend import GgmlBackend
 
         return GgmlBackend(gguf_path(work, row), threads)
-    if row.startswith("llamacpp-"):
+    if row.startswith(("llamacpp-", "relabel-")):
         from runtimes.llama_backend import LlamaConfig, LlamaCppBackend
 
-        return LlamaCppBackend(gguf_path(work, row), LlamaConfig(n_ctx=1024, threads=threads))
+        extra = row.split("@")[1] if "@" in row else None
+        return LlamaCppBackend(gguf_path(work, row), LlamaConfig(n_ctx=1024, threads=threads, extra_bufts=extra))
     from runtimes.onnx_backend import OnnxBackend, SessionConfig
 
     variant = row.split("-")[1]
@@ -104,9 +110,45 @@ def measure_codec(row: str, work: Path, threads: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def measure_relabel(row: str, work: Path, threads: int) -> dict:
+    """The released configuration's AR pass on llama.cpp: prefill (4 relabels), one relabel, cached steps."""
+    from valle_export import sequence as seq
+
+    backend = make_backend(row, work, threads)
+    layout, rng = backend.layout, np.random.default_rng(0)
+    phn = np.concatenate([[1], rng.integers(3, 256, 60), [2]])
+    prompt = rng.integers(0, 1024, (225, 8))
+    relabel_ms: list[float] = []
+    relabel = backend._relabel
+
+    def timed_relabel(position: int) -> None:
+        t = time.perf_counter()
+        relabel(position)
+        relabel_ms.append(1000 * (time.perf_counter() - t))
+
+    backend._relabel = timed_relabel
+    spec = seq.ar_pass(layout, phn, 0, prompt, [int(rng.integers(0, 1024))])
+    backend.prefill(spec)  # warm-up
+    relabel_ms.clear()
+    t = time.perf_counter()
+    backend.prefill(spec)
+    prefill_ms = 1000 * (time.perf_counter() - t)
+    relabels = len(relabel_ms)
+    t = time.perf_counter()
+    for code in rng.integers(0, 1024, STEPS):
+        spec = seq.extend(layout, spec, names.HEAD_AR, [int(code)])
+        backend.extend(spec)
+    step_ms = 1000 * (time.perf_counter() - t) / STEPS
+    return {"row": row, "positions": int(spec.length - STEPS), "prefill_ms": prefill_ms, "relabels": relabels,
+            "relabel_ms": float(np.mean(relabel_ms)), "step_ms": step_ms,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def measure(row: str, work: Path, threads: int) -> dict:
     if row in CODEC_ROWS:
         return measure_codec(row, work, threads)
+    if row.startswith("relabel-"):
+        return measure_relabel(row, work, threads)
     backend = make_backend(row, work, threads)
     layout = backend.layout
     prefill = synthetic_spec(layout, PREFILL, True, 1, 0)
@@ -162,9 +204,9 @@ def prepare(work: Path, rows: list[str]) -> None:
     if any(r == "onnx-fp32" for r in rows) and not (work / "onnx" / "backbone.onnx").exists():
         subprocess.run(cli + ["onnx", str(work / "ckpt"), str(work / "onnx")], check=True, env=env)
     for row in rows:
-        if row.startswith(("llamacpp-", "ggml-")) and not gguf_path(work, row).exists():
+        if row.startswith(("llamacpp-", "ggml-", "relabel-")) and not gguf_path(work, row).exists():
             subprocess.run(cli + ["gguf", str(work / "ckpt"), "-o", str(gguf_path(work, row)), "--outtype",
-                                  row.split("-", 1)[1], "-q"], check=True, env=env)
+                                  gguf_path(work, row).stem.split(".", 1)[1], "-q"], check=True, env=env)
     if "encodec-onnx" in rows and not (work / "codec" / "encodec_decoder.onnx").exists():
         subprocess.run(cli + ["encodec", str(work / "codec"), "-q"], check=True, env=env)
     if any(r == "onnx-int8" for r in rows) and not (work / "onnx" / "backbone.int8.onnx").exists():
@@ -178,11 +220,19 @@ def print_table(results: list[dict], threads: int) -> None:
           "| file (MiB) | bandwidth floor per step (ms) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        if "step_ms" in r:
+        if "nar_600_ms" in r:
             size = f"{r['file_mb']:.0f}" if r.get("file_mb") else "-"
             floor = f"{r['floor_ms']:.1f} ({r['floor_ms'] / r['step_ms']:.0%})" if r.get("floor_ms") else "-"
             print(f"| {r['row']} | {r['prefill_300_ms']:.0f} | {r['step_ms']:.1f} | {r['steps_per_s']:.1f} | "
                   f"{r['nar_600_ms']:.0f} | {r['peak_rss_mb']:.0f} | {size} | {floor} |")
+    relabel_rows = [r for r in results if "relabels" in r]
+    if relabel_rows:
+        print("\nllama.cpp, released configuration (GELU, segmented positions): real AR pass with relabelling")
+        print("| file | positions | prefill (ms) | relabels | one relabel (ms) | AR step after (ms) | peak RSS (MB) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in relabel_rows:
+            print(f"| {r['row']} | {r['positions']} | {r['prefill_ms']:.0f} | {r['relabels']} | {r['relabel_ms']:.1f} "
+                  f"| {r['step_ms']:.1f} | {r['peak_rss_mb']:.0f} |")
     codec_rows = [r for r in results if "encode_rtf" in r]
     if codec_rows:
         print(f"\nEnCodec 24 kHz, 6 kbps, {CODEC_SECONDS:.0f} s of audio (real-time factor: lower is faster)")
