@@ -14,6 +14,7 @@ MAX_SEED = 2**63 - 1  # numpy, torch and llama.cpp all take seeds up to here
 MAX_THREADS = 1024
 MAX_FRAMES = 75 * 60 * 5  # 5 minutes of EnCodec frames: the original's max_position_embeddings
 MAX_DURATION_S = 300.0  # the same 5 minutes, in seconds
+MIN_DURATION_S = 0.1  # below this no frame fits (75 frames/s), and the model would "stop" before starting
 MAX_DEMASK_STEPS = 1000
 
 
@@ -49,7 +50,7 @@ FRAMES = click.IntRange(1, MAX_FRAMES)
 DEMASK_STEPS = click.IntRange(1, MAX_DEMASK_STEPS)
 OPSET = click.IntRange(18, 23)
 LANG_ID = click.IntRange(0, 255)
-DURATION = FiniteFloat(0.0, MAX_DURATION_S, min_open=True)
+DURATION = FiniteFloat(MIN_DURATION_S, MAX_DURATION_S)
 TEMPERATURE = FiniteFloat(0.0, None)
 PROBABILITY = FiniteFloat(0.0, 1.0)
 NON_NEGATIVE = FiniteFloat(0.0, None)
