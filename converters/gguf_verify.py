@@ -37,8 +37,8 @@ def verify_gguf(path: Path, model, target: targets.Target, outtype: str) -> dict
         got = f.tensor(name)
         rel = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
         kind = f.tensor_types[name]
-        worst[kind] = max(worst.get(kind, 0.0), rel)
-        if rel > TYPE_REL_BOUND.get(kind, 1.0):
+        worst[kind] = float(np.maximum(worst.get(kind, 0.0), rel))  # NaN propagates (max() would drop it)
+        if not rel <= TYPE_REL_BOUND.get(kind, 1.0):  # NaN-safe: a NaN error fails
             problems.append(f"{name} ({kind}) dequantized error {rel:.2e} > {TYPE_REL_BOUND.get(kind, 1.0):g}")
     stored = {k: v.status for k, v in f.exactness.items()}
     actual = {k: v.status for k, v in f.llamacpp_verdicts().items()}

@@ -76,9 +76,20 @@ def _dynamic_shapes(n_layers: int):
     return ({0: batch, 1: seq}, {0: batch, 2: seq, 3: total}, {0: batch, 1: seq}, kv)
 
 
+def weights_fingerprint(model: UniformValleModel) -> str:
+    """sha256 of the runtime weights (table, heads, biases as float32): ties a graph to its weights file."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for t in (model.table, model.llama.lm_head.weight, model.head_bias):
+        digest.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _metadata(model: UniformValleModel, dtype: str) -> dict[str, str]:
     return {graphs.META_LAYOUT: model.layout.to_json(), graphs.META_SOURCE_CONFIG: json.dumps(model.cfg.raw),
-            graphs.META_GRAPH: "backbone", graphs.META_DTYPE: dtype}
+            graphs.META_GRAPH: "backbone", graphs.META_DTYPE: dtype,
+            graphs.META_WEIGHTS_FINGERPRINT: weights_fingerprint(model)}
 
 
 def export_backbone(model: UniformValleModel, path: Path, dtype: str, opset: int) -> None:
@@ -141,7 +152,8 @@ def save_runtime_weights(model: UniformValleModel, path: Path) -> None:
     save_file({graphs.EMBED_TENSOR: model.table.detach().contiguous(),
                graphs.HEAD_WEIGHT_TENSOR: model.llama.lm_head.weight.detach().contiguous(),
                graphs.HEAD_BIAS_TENSOR: model.head_bias.contiguous()}, str(path),
-              metadata={graphs.META_LAYOUT: model.layout.to_json()})
+              metadata={graphs.META_LAYOUT: model.layout.to_json(),
+                        graphs.META_WEIGHTS_FINGERPRINT: weights_fingerprint(model)})
 
 
 def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype: str = "fp32",

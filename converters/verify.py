@@ -21,11 +21,13 @@ class VerifyReport:
 
     @property
     def worst(self) -> float:
-        return max(self.errors.values())
+        """The largest error, NaN if any is NaN (Python's max() would skip a NaN after the first value)."""
+        return float(np.max(list(self.errors.values())))
 
     @property
     def ok(self) -> bool:
-        return self.worst <= HIDDEN_REL_BOUND[self.dtype]
+        """NaN-safe: a NaN error fails (`nan <= bound` is false; `nan > bound` would also be false)."""
+        return bool(self.worst <= HIDDEN_REL_BOUND[self.dtype])
 
     def summary(self) -> str:
         parts = ", ".join(f"{k} {v:.2e}" for k, v in self.errors.items())

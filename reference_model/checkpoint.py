@@ -5,11 +5,9 @@ Every missing, unexpected or wrong-shaped tensor is reported in ONE error naming
 """
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import zipfile
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -18,6 +16,7 @@ from valle_export.config import ValleConfig, parse_config
 from valle_export.errors import BadCheckpoint
 from valle_export.files import read_safetensors_header
 from valle_export.layout import layout_from_config
+from valle_export.paths import FolderKind, folder_kind
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -27,7 +26,9 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         for name in (names.CHECKPOINT_SFT, names.CHECKPOINT_PTH):
             if (path / name).is_file():
                 return path / name
-        raise BadCheckpoint(f"folder has no {names.CHECKPOINT_SFT} or {names.CHECKPOINT_PTH}", path)
+        kind = folder_kind(path)
+        what = "" if kind in (FolderKind.EMPTY, FolderKind.OTHER) else f" (it is {kind.value})"
+        raise BadCheckpoint(f"folder has no {names.CHECKPOINT_SFT} or {names.CHECKPOINT_PTH}{what}", path)
     if not path.exists():
         raise BadCheckpoint("file not found", path)
     return path
@@ -45,21 +46,23 @@ def _load_sft(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise BadCheckpoint(f"corrupt safetensors file ({err})", path) from None
-    return json.loads(meta[names.META_CONFIG]) if isinstance(meta[names.META_CONFIG], str) else meta[names.META_CONFIG], tensors
+    return meta[names.META_CONFIG], tensors  # JSON text: `parse_config` reports its errors naming the file
 
 
 def _load_pth(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # noqa: BLE001 - weights_only runs no code; a text or random file fails in many ways
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise BadCheckpoint(f"cannot load as a weights-only torch file ({first})", path) from None
     if not isinstance(blob, dict) or names.PTH_MODULE not in blob:
         raise BadCheckpoint("torch file has no 'module' state dict (not a vall-e checkpoint)", path)
     if names.META_CONFIG not in blob:
         raise BadCheckpoint("torch file has no 'config' (re-export it with its config)", path)
-    cfg = blob[names.META_CONFIG]
-    return (json.loads(cfg) if isinstance(cfg, str) else cfg), blob[names.PTH_MODULE]
+    module = blob[names.PTH_MODULE]
+    if not isinstance(module, dict) or not all(isinstance(v, torch.Tensor) for v in module.values()):
+        raise BadCheckpoint("torch file's 'module' is not a state dict of tensors", path)
+    return blob[names.META_CONFIG], module
 
 
 def expected_shapes(cfg: ValleConfig) -> dict[str, tuple[int, ...]]:
@@ -106,6 +109,15 @@ def _check_tensors(cfg: ValleConfig, tensors: dict[str, torch.Tensor], path: Pat
     bad = [k for k in expected if not tensors[k].is_floating_point()]
     if bad:
         raise BadCheckpoint(f"non-float tensor(s): {', '.join(bad[:4])}", path)
+    check_finite(((k, tensors[k]) for k in expected), path)
+
+
+def check_finite(named: Iterable[tuple[str, torch.Tensor]], path) -> None:
+    """Refuse NaN or infinite weights, naming the first tensor: an export of them cannot be verified (every
+    comparison with NaN is false) and would compute garbage."""
+    for name, tensor in named:
+        if not bool(torch.isfinite(tensor).all()):
+            raise BadCheckpoint(f"tensor {name} has NaN or infinite values", path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[ValleConfig, dict[str, torch.Tensor], Path]:

@@ -125,26 +125,51 @@ def load_codec(path: str | os.PathLike | None, seed: int = 0) -> EncodecModel:
         return random_codec(seed)
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise BadCheckpoint("folder has no config.json (not a transformers EnCodec folder)", path)
-        try:
-            model = EncodecModel.from_pretrained(path)
-        except (OSError, ValueError) as err:
-            raise BadCheckpoint(f"cannot load EnCodec folder ({str(err).splitlines()[0]})", path) from None
-        if model.config.sampling_rate != SAMPLE_RATE:
-            raise BadCheckpoint(f"EnCodec at {model.config.sampling_rate} Hz; VALL-E needs the 24 kHz model", path)
-        return model.eval().requires_grad_(False)
+        model = _load_hf_folder(path)
+    else:
+        model = _load_original_state(path)
+    from .checkpoint import check_finite
+
+    check_finite(model.state_dict().items(), path)
+    return model.eval().requires_grad_(False)
+
+
+def _load_hf_folder(path: Path) -> EncodecModel:
+    """A transformers EnCodec folder, refused unless it is one: another model's folder (a uniform VALL-E
+    folder has a config.json too) would otherwise load as EnCodec with freshly initialised weights."""
+    from valle_export.paths import FolderKind, folder_kind, hf_model_type
+
+    if hf_model_type(path) != "encodec":
+        kind = folder_kind(path)
+        what = "" if kind in (FolderKind.EMPTY, FolderKind.OTHER) else f"; it is {kind.value}"
+        raise BadCheckpoint(f"not a transformers EnCodec folder (no config.json with model_type 'encodec'{what})",
+                            path)
+    try:
+        model, info = EncodecModel.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise BadCheckpoint(f"cannot load EnCodec folder ({str(err).strip().splitlines()[0][:200]})", path) from None
+    missing = sorted(info.get("missing_keys", ()))
+    if missing or info.get("mismatched_keys"):
+        bits = missing or [str(k) for k in info.get("mismatched_keys")]
+        raise BadCheckpoint(f"EnCodec folder lacks weights ({len(bits)}: {', '.join(bits[:3])})", path)
+    if model.config.sampling_rate != SAMPLE_RATE:
+        raise BadCheckpoint(f"EnCodec at {model.config.sampling_rate} Hz; VALL-E needs the 24 kHz model", path)
+    return model
+
+
+def _load_original_state(path: Path) -> EncodecModel:
+    """An original `encodec_24khz-*.th` state dict, every name and shape checked."""
     if not path.is_file():
         raise BadCheckpoint("file not found", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle / zip errors of every kind: one line
+    except Exception as err:  # noqa: BLE001 - weights_only runs no code; pickle / zip errors of every kind
         raise BadCheckpoint(f"cannot load as a weights-only torch file ({type(err).__name__})", path) from None
-    if not isinstance(state, dict):
-        raise BadCheckpoint("not a state dict", path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadCheckpoint("not a state dict of tensors", path)
     model = EncodecModel(EncodecConfig())
     model.load_state_dict(original_state_to_hf(model, state, str(path)))
-    return model.eval().requires_grad_(False)
+    return model
 
 
 @torch.no_grad()

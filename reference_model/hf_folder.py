@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from valle_export import names
@@ -21,7 +22,9 @@ from valle_export.config import parse_config
 from valle_export.errors import BadCheckpoint
 from valle_export.files import atomic_dir
 from valle_export.layout import Layout, layout_from_config
+from valle_export.paths import FolderKind, folder_kind
 
+from .checkpoint import check_finite
 from .model import UniformValleModel
 
 
@@ -34,7 +37,8 @@ def _quiet_transformers() -> None:
 
 
 def is_uniform_folder(path: str | os.PathLike) -> bool:
-    return Path(path).is_dir() and (Path(path) / names.LAYOUT_FILE).is_file()
+    """A folder written by `save_uniform_folder` (not an ONNX export, which also holds a layout)."""
+    return Path(path).is_dir() and folder_kind(path) is FolderKind.UNIFORM
 
 
 def save_uniform_folder(model: UniformValleModel, out_dir: str | os.PathLike, tokenizer: Path | None = None) -> Path:
@@ -60,16 +64,21 @@ def load_uniform_folder(folder: str | os.PathLike) -> UniformValleModel:
     for f in (names.LAYOUT_FILE, names.SOURCE_CONFIG_FILE, names.HEAD_BIAS_FILE, names.HF_CONFIG_FILE):
         if not (folder / f).is_file():
             raise BadCheckpoint(f"uniform folder is missing {f}", folder)
-    cfg = parse_config((folder / names.SOURCE_CONFIG_FILE).read_text(), str(folder / names.SOURCE_CONFIG_FILE))
-    layout = Layout.from_json((folder / names.LAYOUT_FILE).read_text(), str(folder / names.LAYOUT_FILE))
+    cfg = parse_config((folder / names.SOURCE_CONFIG_FILE).read_bytes(), str(folder / names.SOURCE_CONFIG_FILE))
+    layout = Layout.from_json((folder / names.LAYOUT_FILE).read_bytes(), str(folder / names.LAYOUT_FILE))
     if layout != layout_from_config(cfg):
         raise BadCheckpoint("valle_layout.json disagrees with the source config", folder / names.LAYOUT_FILE)
     try:
         llama = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
         bias = load_file(str(folder / names.HEAD_BIAS_FILE))[names.HEAD_BIAS_TENSOR]
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadCheckpoint(f"cannot load the uniform weights ({first})", folder) from None
+    got = (llama.config.vocab_size, llama.config.hidden_size, llama.config.num_hidden_layers)
+    if got != (layout.vocab_size, layout.hidden_size, cfg.n_layers):
+        raise BadCheckpoint(f"config.json (vocab, hidden, layers) {got} disagrees with the layout "
+                            f"{(layout.vocab_size, layout.hidden_size, cfg.n_layers)}", folder / names.HF_CONFIG_FILE)
     if tuple(bias.shape) != (layout.vocab_size,):
         raise BadCheckpoint(f"head bias has shape {tuple(bias.shape)}, layout says ({layout.vocab_size},)", folder)
+    check_finite([*llama.state_dict().items(), (names.HEAD_BIAS_TENSOR, bias)], folder)
     return UniformValleModel(llama, layout, bias, cfg)

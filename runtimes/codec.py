@@ -15,6 +15,9 @@ from valle_export import graphs, wav
 from valle_export.errors import BadInput
 
 DEFAULT_PROMPT_SECONDS = 3.0
+# audio read past the prompt's end: the encoder's look-ahead (a few hundred samples) sees the same samples
+# as with the whole file, so trimming before resampling does not change the prompt's codes
+PROMPT_CONTEXT_SECONDS = 1.0
 MIN_DECODE_FRAMES = 7  # reflect padding needs >= 7 frames in both directions (encodec.cpp has the same limit)
 
 
@@ -69,7 +72,8 @@ class OnnxCodec:
 
     def prompt_codes(self, path: str | Path, seconds: float = DEFAULT_PROMPT_SECONDS) -> np.ndarray:
         """A WAV prompt as VALL-E prompt codes, frame-major [frames, codebooks], trimmed or repeated."""
-        codes = self.encode(wav.load_audio(path, self.sample_rate)).T
+        audio = wav.load_audio(path, self.sample_rate, max_seconds=seconds + PROMPT_CONTEXT_SECONDS)
+        codes = self.encode(audio).T
         return fit_frames(codes, int(round(seconds * self.frame_rate)))
 
     def write(self, path: str | Path, codes: np.ndarray, float32: bool = False) -> Path:

@@ -30,15 +30,22 @@ class HostWeights:
     table: np.ndarray  # [vocab, d] float32
     head_weight: np.ndarray  # [vocab, d] float32
     head_bias: np.ndarray  # [vocab] float32
+    fingerprint: str | None = None  # of the export these weights came from (graphs.META_WEIGHTS_FINGERPRINT)
 
     @classmethod
     def load(cls, path: Path, layout: Layout) -> "HostWeights":
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
+        from valle_export.errors import ValleExportError
+        from valle_export.files import read_safetensors_header
+
         try:
+            meta = read_safetensors_header(path).get("__metadata__") or {}
             t = load_file(str(path))
-        except (SafetensorError, OSError, FileNotFoundError) as err:
+        except ValleExportError as err:
+            raise BadInput(f"cannot read runtime weights ({err.problem})", path) from None
+        except (SafetensorError, OSError, ValueError) as err:
             raise BadInput(f"cannot read runtime weights ({err})", path) from None
         want = {graphs.EMBED_TENSOR: (layout.vocab_size, layout.hidden_size),
                 graphs.HEAD_WEIGHT_TENSOR: (layout.vocab_size, layout.hidden_size),
@@ -47,7 +54,9 @@ class HostWeights:
             if name not in t or t[name].shape != shape:
                 got = t[name].shape if name in t else "missing"
                 raise BadInput(f"tensor {name}: {got}, layout needs {shape}", path)
-        return cls(*(t[n].astype(np.float32) for n in want))
+            if not np.isfinite(t[name]).all():
+                raise BadInput(f"tensor {name} has NaN or infinite values", path)
+        return cls(*(t[n].astype(np.float32) for n in want), fingerprint=meta.get(graphs.META_WEIGHTS_FINGERPRINT))
 
     def embed(self, rows: np.ndarray) -> np.ndarray:
         return seq.embed(self.table, rows)

@@ -36,7 +36,7 @@ def read_layout(folder: Path) -> Layout:
     path = folder / names.LAYOUT_FILE
     if not path.is_file():
         raise BadInput(f"no {names.LAYOUT_FILE} (not a valle-export ONNX folder)", folder)
-    return Layout.from_json(path.read_text(), str(path))
+    return Layout.from_json(path.read_bytes(), str(path))
 
 
 def _providers(choice: str) -> list[str]:
@@ -80,6 +80,7 @@ class OnnxBackend:
         except Exception as err:  # onnxruntime raises its own untyped exceptions for a corrupt file
             raise BadInput(f"onnxruntime cannot load the graph ({str(err).splitlines()[0][:200]})", self.path) from None
         self._check_interface()
+        self._check_origin()
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
         self._past: list | None = None
         self._cached = 0
@@ -96,6 +97,22 @@ class OnnxBackend:
         got_out = [o.name for o in self.session.get_outputs()]
         if got_in != spec.input_names or got_out != spec.output_names:
             raise BadInput("graph inputs/outputs do not match the backbone spec", self.path)
+
+    def _check_origin(self) -> None:
+        """The graph must come from the same export as the folder's layout and weights: a backbone copied
+        in from another model would otherwise run (same interface) and speak with the wrong weights."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        embeds = next(i for i in self.session.get_inputs() if i.name == "inputs_embeds")
+        if embeds.shape[2] != self.layout.hidden_size:
+            raise BadInput(f"backbone hidden size {embeds.shape[2]} != {self.layout.hidden_size} of "
+                           f"{names.LAYOUT_FILE}: the graph comes from another model", self.path)
+        if graphs.META_LAYOUT in meta and Layout.from_json(meta[graphs.META_LAYOUT], str(self.path)) != self.layout:
+            raise BadInput(f"backbone's layout differs from {names.LAYOUT_FILE}: the graph comes from another "
+                           "model", self.path)
+        graph_print, weights_print = meta.get(graphs.META_WEIGHTS_FINGERPRINT), self.weights.fingerprint
+        if graph_print and weights_print and graph_print != weights_print:
+            raise BadInput(f"backbone and {graphs.WEIGHTS_FILE} come from different exports (weights fingerprint "
+                           "differs): the graph comes from another model", self.path)
 
     # --- the transformer ---------------------------------------------------------------------------------
     def _empty_past(self) -> list[np.ndarray]:

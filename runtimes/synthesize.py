@@ -73,11 +73,21 @@ def tokenizer_json(model: Path, backend) -> str | None:
         return file.tokenizer
     folder = model if model.is_dir() else model.parent
     path = folder / names.TOKENIZER_FILE
-    return path.read_text() if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInput("not a tokenizers JSON (not UTF-8 text)", path) from None
+
+
+def codec_folder(model: Path, codec_dir: Path | None) -> Path:
+    """Where the EnCodec graphs are read from: `--codec`, else the model's folder."""
+    return codec_dir or (model if model.is_dir() else model.parent)
 
 
 def find_codec(model: Path, codec_dir: Path | None) -> OnnxCodec:
-    folder = codec_dir or (model if model.is_dir() else model.parent)
+    folder = codec_folder(model, codec_dir)
     if not (folder / graphs.CODEC_DECODER_FILE).is_file():
         raise BadInput(f"no EnCodec graphs here; export them with `valle-export encodec {folder}` or pass --codec",
                        folder)
@@ -113,6 +123,7 @@ def synthesize(backend, codec: OnnxCodec, inp: TextInput, model: Path, prompt_wa
         raise BadInput(f"--modality must be one of {', '.join(MODALITIES)}")
     timings, t = {}, time.perf_counter()
     rng = np.random.default_rng(settings.seed)
+    lang = text_frontend.language_id(inp.language)  # first: an unknown language is not an espeak-ng problem
     progress.stage("text -> phoneme ids")
     phn = phoneme_ids(inp, model, backend)
     timings["text_s"] = time.perf_counter() - t
@@ -122,7 +133,7 @@ def synthesize(backend, codec: OnnxCodec, inp: TextInput, model: Path, prompt_wa
         progress.stage(f"prompt {prompt_wav} -> codes")
         prompt = codec.prompt_codes(prompt_wav, settings.prompt_seconds)
     timings["prompt_s"] = time.perf_counter() - t
-    cond = Conditioning(phn, text_frontend.language_id(inp.language), prompt)
+    cond = Conditioning(phn, lang, prompt)
     max_frames = int(settings.max_duration * backend.layout.frame_rate)
     t = time.perf_counter()
     if settings.modality == "ar+nar":

@@ -47,12 +47,16 @@ def phonemize(text: str, lang: str = "en") -> str:
     except ImportError:
         raise BadInput("text input needs the phonemizer package and espeak-ng; or pass --phonemes / "
                        "--phoneme-ids") from None
+    language_id(lang)
     language = espeak_language(lang)
+    if not EspeakBackend.is_available():
+        raise BadInput("text input needs espeak-ng, which is not installed; install it or pass --phonemes / "
+                       "--phoneme-ids")
     try:
         backend = EspeakBackend(language, preserve_punctuation=True, with_stress=True)
     except RuntimeError as err:
-        raise BadInput(f"espeak-ng is not usable ({str(err).splitlines()[0]}); install espeak-ng or pass "
-                       "--phonemes") from None
+        raise BadInput(f"espeak-ng cannot phonemize language {language!r} ({str(err).splitlines()[0]}); "
+                       "pass --phonemes instead") from None
     phonemes = backend.phonemize([text], strip=True)
     if not phonemes or not phonemes[0]:
         raise BadInput(f"phonemizer returned nothing for {text!r}")

@@ -3,27 +3,45 @@
 commands that need them, so the runtime commands never import torch."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from . import names
+from . import __version__, names, options as opt
 from .errors import ValleExportError
+from .extras import missing_extra
+from .paths import FolderKind, check_output
 from .progress import Progress
 
 
+def _fail(problem: str, code: int = 2):
+    """Print `error: <problem>` as exactly one line on stderr and exit."""
+    click.echo("error: " + " ".join(str(problem).split("\n")), err=True)
+    sys.exit(code)
+
+
 def _one_line_errors(fn):
-    """Turn a `ValleExportError` (or a missing file) into `error: <file>: <problem>` and exit code 2."""
+    """Turn a `ValleExportError`, a missing optional dependency or an OS error into one line
+    `error: <file>: <problem>` and exit code 2, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ValleExportError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(2)
+            _fail(str(err))
+        except ImportError as err:
+            message = missing_extra(err)
+            if message is None:
+                raise
+            _fail(message)
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename is not None else ""
+            _fail(f"{where}{err.strerror or err}")
 
     return wrapper
 
@@ -36,22 +54,86 @@ def _torch_backend(model: Path):
     return TorchBackend(load_reference(model))
 
 
+class Interrupted(BaseException):
+    """SIGTERM / SIGHUP turned into an exception, so that every `finally` (the temp cleanup of
+    `atomic_path` / `atomic_dir`) runs as it does for Ctrl-C. A BaseException: `except Exception` in a
+    library cannot swallow it."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _raise_interrupted(signum, frame) -> None:
+    """Signal handler: ignore further signals (so cleanup finishes), then unwind."""
+    for sig in _CLEANUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+_CLEANUP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def _cleanup_on_signals():
+    """Install `_raise_interrupted` for SIGTERM and SIGHUP (main thread only), restoring the old handlers."""
+    try:
+        old = {sig: signal.signal(sig, _raise_interrupted) for sig in _CLEANUP_SIGNALS}
+    except ValueError:  # not the main thread: leave signals alone
+        old = {}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class OneLineGroup(click.Group):
+    """click's usage errors (bad choice, unknown option, missing argument, bad number) as one
+    `error: ...` line with exit code 2, like every other error; interrupts clean up their temp files."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            with _cleanup_on_signals():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as err:  # bare `valle-export`: the help, as click shows it
+            click.echo(err.format_message(), err=True)
+            sys.exit(2)
+        except click.ClickException as err:
+            _fail(err.format_message(), 2 if err.exit_code in (1, 2) else err.exit_code)
+        except click.Abort:
+            _fail("aborted", 1)
+        except Interrupted as err:
+            _fail(f"interrupted by {err}; temporary files removed", 128 + err.signum)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+# Existing folders each export refuses to write into (an export never lands in a checkpoint folder).
+_NOT_FOR_UNIFORM = (FolderKind.CHECKPOINT, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
+_NOT_FOR_ONNX = (FolderKind.CHECKPOINT, FolderKind.UNIFORM, FolderKind.HF_CODEC)
+_NOT_FOR_CHECKPOINT = (FolderKind.UNIFORM, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="valle-export")
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=__version__, package_name="valle-export")
 def main() -> None:
     """Export VALL-E checkpoints to portable formats and run them without the training stack."""
 
 
 @main.command("convert")
 @click.argument("ckpt", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=opt.OUTPUT)
 @quiet_option
 @_one_line_errors
 def convert_cmd(ckpt: Path, out_dir: Path, quiet: bool) -> None:
     """Write the uniform-ID HF folder (LlamaForCausalLM + layout + head biases) of CKPT to OUT_DIR."""
+    check_output(out_dir, [ckpt], folder=True, refused_kinds=_NOT_FOR_UNIFORM)
     progress = Progress(quiet)
     progress.stage(f"loading {ckpt}")
     from reference_model.hf_folder import save_uniform_folder
@@ -64,9 +146,9 @@ def convert_cmd(ckpt: Path, out_dir: Path, quiet: bool) -> None:
 
 
 @main.command("demo-checkpoint")
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=opt.OUTPUT)
 @click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=opt.SEED, default=0, show_default=True)
 @click.option("--hidden-act", type=click.Choice(["gelu", "silu"]), default="gelu", show_default=True)
 @click.option("--positions", type=click.Choice([names.POSITIONS_SEGMENTED, names.POSITIONS_UNIFIED]),
               default=names.POSITIONS_SEGMENTED, show_default=True)
@@ -80,6 +162,7 @@ def demo_checkpoint_cmd(out: Path, size: str, seed: int, hidden_act: str, positi
     """Write a seeded random-weight native checkpoint (OUT/fp32.sft); `--size full` is the released shape."""
     from .errors import BadInput
 
+    check_output(out, folder=True, refused_kinds=_NOT_FOR_CHECKPOINT)
     caps = tuple(c.strip() for c in capabilities.split(",") if c.strip())
     unknown = sorted(set(caps) - {"ar", "nar", "len"})
     if unknown or not caps:
@@ -95,8 +178,8 @@ def demo_checkpoint_cmd(out: Path, size: str, seed: int, hidden_act: str, positi
 
 @main.command("onnx")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--opset", type=int, default=23, show_default=True)
+@click.argument("out_dir", type=opt.OUTPUT)
+@click.option("--opset", type=opt.OPSET, default=23, show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Weights and compute of the backbone graph (its inputs and outputs stay float32).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
@@ -105,6 +188,7 @@ def demo_checkpoint_cmd(out: Path, size: str, seed: int, hidden_act: str, positi
 @_one_line_errors
 def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str | None, quiet: bool) -> None:
     """Export MODEL (native checkpoint or uniform folder) to ONNX in OUT_DIR, verified against the reference."""
+    check_output(out_dir, [model], folder=True, refused_kinds=_NOT_FOR_ONNX)
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
     from converters.onnx_export import export_onnx
@@ -116,7 +200,7 @@ def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str |
 
 @main.command("gguf")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
+@click.option("-o", "--output", "out", type=opt.OUTPUT, default=None,
               help="Output file (default: <model>.<outtype>.gguf beside the checkpoint).")
 @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"]),
               default="f16", show_default=True)
@@ -126,15 +210,16 @@ def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str |
 @_one_line_errors
 def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quiet: bool) -> None:
     """Write MODEL (native checkpoint or uniform folder) as a GGUF for stock llama.cpp, verified on read-back."""
+    if out is None:
+        base = model if model.is_dir() else model.parent
+        out = base / f"{base.name}.{outtype}.gguf"
+    check_output(out, [model])
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
     from converters.gguf_export import export_gguf
     from reference_model.load import load_reference, tokenizer_beside
 
     ref = load_reference(model)
-    if out is None:
-        base = model if model.is_dir() else model.parent
-        out = base / f"{base.name}.{outtype}.gguf"
     tok = tokenizer_beside(model)
     report = export_gguf(ref, out, outtype, arch, tok.read_text() if tok else None, progress)
     progress.stage(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, arch {report['arch']})")
@@ -151,25 +236,25 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 @click.option("--phoneme-ids", default=None, help="Raw phoneme token ids, comma separated.")
 @click.option("--lang", default="en", show_default=True)
 @click.option("--prompt", type=click.Path(path_type=Path), default=None, help="Reference voice WAV (any rate).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("out.wav"), show_default=True)
+@click.option("--out", type=opt.OUTPUT, default=Path("out.wav"), show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml", "torch"]), default="auto",
               show_default=True, help="auto: onnx for a folder, llamacpp for a .gguf (ggml: the exact graph on the same file).")
 @click.option("--modality", type=click.Choice(["ar+nar", "nar-len"]), default="ar+nar", show_default=True)
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with the EnCodec graphs (default: beside MODEL).")
-@click.option("--max-duration", type=float, default=12.0, show_default=True, help="Seconds.")
-@click.option("--ar-temperature", type=float, default=1.0, show_default=True, help="0 = greedy.")
-@click.option("--nar-temperature", type=float, default=0.0, show_default=True)
-@click.option("--top-k", type=int, default=0, show_default=True)
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--min-p", type=float, default=0.0, show_default=True)
-@click.option("--top-no", type=float, default=0.0, show_default=True, help="Top-n-sigma filter.")
-@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
-@click.option("--length-penalty", type=float, default=0.0, show_default=True)
-@click.option("--demask-steps", type=int, default=25, show_default=True)
-@click.option("--cfg-strength", type=float, default=2.5, show_default=True)
-@click.option("--seed", type=int, default=None)
-@click.option("--threads", type=int, default=0, help="0 = the backend's default.")
+@click.option("--max-duration", type=opt.DURATION, default=12.0, show_default=True, help="Seconds.")
+@click.option("--ar-temperature", type=opt.TEMPERATURE, default=1.0, show_default=True, help="0 = greedy.")
+@click.option("--nar-temperature", type=opt.TEMPERATURE, default=0.0, show_default=True)
+@click.option("--top-k", type=opt.TOP_K, default=0, show_default=True)
+@click.option("--top-p", type=opt.PROBABILITY, default=1.0, show_default=True)
+@click.option("--min-p", type=opt.PROBABILITY, default=0.0, show_default=True)
+@click.option("--top-no", type=opt.NON_NEGATIVE, default=0.0, show_default=True, help="Top-n-sigma filter.")
+@click.option("--repetition-penalty", type=opt.PENALTY, default=1.0, show_default=True)
+@click.option("--length-penalty", type=opt.FINITE, default=0.0, show_default=True)
+@click.option("--demask-steps", type=opt.DEMASK_STEPS, default=25, show_default=True)
+@click.option("--cfg-strength", type=opt.NON_NEGATIVE, default=2.5, show_default=True)
+@click.option("--seed", type=opt.SEED, default=None)
+@click.option("--threads", type=opt.THREADS, default=0, help="0 = the backend's default.")
 @click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
               help="llama.cpp KV cache type (f32 is exact for SiLU models).")
 @click.option("--float-wav", is_flag=True, help="Write 32-bit float WAV instead of 16-bit PCM.")
@@ -186,8 +271,13 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, 
     from runtimes import synthesize as synth
     from runtimes.pipeline import DemaskSettings
     from runtimes.samplers import SamplerSettings
+    from runtimes.text import language_id as text_language_id
     from valle_export import wav
 
+    check_output(out, [model, prompt, synth.codec_folder(model, codec_dir)])
+    text_language_id(lang)  # cheap input checks before loading the model
+    if prompt is not None:
+        wav.read_header(prompt)
     progress = Progress(quiet)
     progress.stage(f"loading {model} ({backend})")
     runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads, kv_type)
@@ -218,8 +308,8 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, 
 
 
 @main.command("encodec")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[WEIGHTS] OUT_DIR")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random default (no WEIGHTS).")
+@click.argument("paths", nargs=-1, required=True, type=opt.OUTPUT, metavar="[WEIGHTS] OUT_DIR")
+@click.option("--seed", type=opt.SEED, default=0, show_default=True, help="Seed of the random default (no WEIGHTS).")
 @quiet_option
 @_one_line_errors
 def encodec_cmd(paths: tuple[Path, ...], seed: int, quiet: bool) -> None:
@@ -230,6 +320,7 @@ def encodec_cmd(paths: tuple[Path, ...], seed: int, quiet: bool) -> None:
     if len(paths) > 2:
         raise BadInput("expected [WEIGHTS] OUT_DIR")
     weights, out_dir = (None, paths[0]) if len(paths) == 1 else paths
+    check_output(out_dir, [weights], folder=True, refused_kinds=_NOT_FOR_ONNX)
     progress = Progress(quiet)
     progress.stage(f"loading EnCodec ({weights or f'random weights, seed {seed}'})")
     from converters.encodec_onnx import export_codec_onnx
@@ -241,9 +332,9 @@ def encodec_cmd(paths: tuple[Path, ...], seed: int, quiet: bool) -> None:
 
 @main.command("encodec-cpp")
 @click.argument("weights", required=False, type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True)
+@click.option("-o", "--output", "out", type=opt.OUTPUT, required=True)
 @click.option("--outtype", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random default (no WEIGHTS).")
+@click.option("--seed", type=opt.SEED, default=0, show_default=True, help="Seed of the random default (no WEIGHTS).")
 @quiet_option
 @_one_line_errors
 def encodec_cpp_cmd(weights: Path | None, out: Path, outtype: str, seed: int, quiet: bool) -> None:
@@ -251,6 +342,7 @@ def encodec_cpp_cmd(weights: Path | None, out: Path, outtype: str, seed: int, qu
     transformers folder or an original `encodec_24khz-*.th`; without it, the seeded random default."""
     from valle_export import encodec_cpp_format as fmt
 
+    check_output(out, [weights])
     progress = Progress(quiet)
     if outtype == "f32":
         click.echo("warning: stock encodec.cpp loads an f32 file but its CPU convolutions abort on it; "
@@ -339,11 +431,11 @@ def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None) -> No
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--phonemes", default="1,40,62,9,33,4,115,25,11,2", show_default=True,
               help="Phoneme token ids, comma separated (bos 1 ... eos 2).")
-@click.option("--lang", type=int, default=0, show_default=True)
-@click.option("--prompt-frames", type=int, default=75, show_default=True,
+@click.option("--lang", type=opt.LANG_ID, default=0, show_default=True)
+@click.option("--prompt-frames", type=opt.FRAMES, default=75, show_default=True,
               help="Length of the seeded random acoustic prompt (frames of 8 codes).")
-@click.option("--max-frames", type=int, default=75, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-frames", type=opt.FRAMES, default=75, show_default=True)
+@click.option("--seed", type=opt.SEED, default=0, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Recompute the whole sequence every AR step, as the original does.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
 @quiet_option

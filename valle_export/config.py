@@ -33,6 +33,7 @@ _EXPERIMENTAL_DEFAULTS: dict[str, Any] = {
     "hidden_act": "gelu",  # valle-export extension: the original always uses erf GELU
 }
 _SIZE_KEYS = ("dim", "heads", "layers")
+MAX_SIZE = 1 << 24  # no real size comes near; larger ones are corrupt and would size huge arrays
 SUPPORTED_ACTIVATIONS = ("gelu", "silu")
 
 
@@ -90,7 +91,9 @@ def _fill_defaults(experimental: dict, source: str) -> dict:
 
 def _refuse_unsupported(raw: dict, exp: dict, source: str) -> None:
     version = raw.get("version", 5)
-    if not isinstance(version, int) or version >= 7:
+    if type(version) is not int:
+        raise BadCheckpoint(f"config version {version!r} is not an integer", source)
+    if version >= 7:
         raise UnsupportedModel(f"VALL-E v2 models (config version {version} >= 7) are not supported", source)
     checks = [
         (raw.get("arch_type", "llama") != "llama", f"arch_type {raw.get('arch_type')!r} (only 'llama')"),
@@ -108,13 +111,58 @@ def _refuse_unsupported(raw: dict, exp: dict, source: str) -> None:
             raise UnsupportedModel(f"unsupported model variant: {what}", source)
 
 
+def _load_json(raw: str | bytes, source: str) -> Any:
+    """JSON text -> object; every way it can fail is one `BadCheckpoint` naming `source`."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise BadCheckpoint(f"config is not valid JSON ({err.msg} at char {err.pos})", source) from None
+    except (ValueError, RecursionError):
+        raise BadCheckpoint("config is not valid JSON (not UTF-8 text, or nested too deeply)", source) from None
+
+
+def _size(value: Any, key: str, source: str, minimum: int = 1) -> int:
+    """An integer size within [minimum, MAX_SIZE]: a float, a string or a bool is a corrupt config (int()
+    would silently accept 3.7 or "64"), and a huge size would make later steps allocate without bound."""
+    if type(value) is not int:
+        raise BadCheckpoint(f"config {key} is {value!r}, not an integer", source)
+    if not minimum <= value <= MAX_SIZE:
+        raise BadCheckpoint(f"config {key} is {value}, outside {minimum}..{MAX_SIZE}", source)
+    return value
+
+
+def _sizes(raw: dict, size: dict, exp: dict, source: str) -> dict[str, int]:
+    """Every integer field of `ValleConfig`, checked (`_size`); dim must divide into heads."""
+    got = {
+        "d_model": _size(size["dim"], "size.dim", source),
+        "n_heads": _size(size["heads"], "size.heads", source),
+        "n_layers": _size(size["layers"], "size.layers", source),
+        "resp_levels": _size(size.get("resp_levels", 8), "size.resp_levels", source),
+        "audio_tokens": _size(size.get("audio_tokens", 1024), "size.audio_tokens", source),
+        "phoneme_tokens": _size(size.get("phoneme_tokens", 256), "size.phoneme_tokens", source),
+        "langs": _size(raw.get("langs", 1), "langs", source, 0),
+        "tasks": _size(raw.get("tasks", 8), "tasks", source, 0),
+        "tones": _size(raw.get("tones", 1), "tones", source, 0),
+        "max_position_embeddings": _size(exp["max_position_embeddings"], "experimental.max_position_embeddings",
+                                         source),
+    }
+    got["d_ffn"] = _size(size.get("ffn", 4 * got["d_model"]), "size.ffn", source)
+    if got["d_model"] % got["n_heads"]:
+        raise BadCheckpoint(f"size.dim {got['d_model']} is not divisible by size.heads {got['n_heads']}", source)
+    return got
+
+
+def _capabilities(raw: dict, source: str) -> tuple[str, ...]:
+    caps = raw.get("capabilities", ["ar", "nar"])
+    if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+        raise BadCheckpoint(f"config capabilities {caps!r} is not a list of names", source)
+    return tuple(caps)
+
+
 def parse_config(raw: Any, source: str = "config") -> ValleConfig:
     """Parse the original's config dict (or its JSON string); `source` names the file in errors."""
     if isinstance(raw, (str, bytes)):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise BadCheckpoint(f"config is not valid JSON ({err.msg} at char {err.pos})", source) from None
+        raw = _load_json(raw, source)
     if not isinstance(raw, dict):
         raise BadCheckpoint("config is not a JSON object", source)
     size = raw.get("size")
@@ -123,34 +171,19 @@ def parse_config(raw: Any, source: str = "config") -> ValleConfig:
     missing = [f"size.{k}" for k in _SIZE_KEYS if k not in size]
     if missing:
         raise BadCheckpoint(f"config is missing {', '.join(missing)}", source)
-    exp = _fill_defaults(raw.get("experimental") or {}, source)
+    experimental = raw.get("experimental")
+    if experimental is not None and not isinstance(experimental, dict):
+        raise BadCheckpoint(f"config experimental is {type(experimental).__name__}, not an object", source)
+    exp = _fill_defaults(experimental or {}, source)
     _refuse_unsupported(raw, exp, source)
-    try:
-        cfg = ValleConfig(
-            version=int(raw.get("version", 5)),
-            name=str(raw.get("name", "")),
-            capabilities=tuple(raw.get("capabilities", ["ar", "nar"])),
-            d_model=int(size["dim"]),
-            n_heads=int(size["heads"]),
-            n_layers=int(size["layers"]),
-            d_ffn=int(size.get("ffn", 4 * int(size["dim"]))),
-            resp_levels=int(size.get("resp_levels", 8)),
-            audio_tokens=int(size.get("audio_tokens", 1024)),
-            phoneme_tokens=int(size.get("phoneme_tokens", 256)),
-            langs=int(raw.get("langs", 1)),
-            tasks=int(raw.get("tasks", 8)),
-            tones=int(raw.get("tones", 1)),
-            unified_position_ids=bool(exp["unified_position_ids"]),
-            noncausal_masks=bool(exp["noncausal_masks"]),
-            classifiers_bias=bool(exp["classifiers_bias"]),
-            max_position_embeddings=int(exp["max_position_embeddings"]),
-            hidden_act=str(exp["hidden_act"]),
-            raw=raw,
-        )
-    except (TypeError, ValueError) as err:
-        raise BadCheckpoint(f"config has a value of the wrong type ({err})", source) from None
-    if cfg.d_model % cfg.n_heads:
-        raise BadCheckpoint(f"size.dim {cfg.d_model} is not divisible by size.heads {cfg.n_heads}", source)
-    if min(cfg.d_model, cfg.n_layers, cfg.resp_levels, cfg.audio_tokens, cfg.phoneme_tokens) <= 0:
-        raise BadCheckpoint("config sizes must be positive", source)
-    return cfg
+    return ValleConfig(
+        version=raw.get("version", 5),
+        name=str(raw.get("name", "")),
+        capabilities=_capabilities(raw, source),
+        **_sizes(raw, size, exp, source),
+        unified_position_ids=bool(exp["unified_position_ids"]),
+        noncausal_masks=bool(exp["noncausal_masks"]),
+        classifiers_bias=bool(exp["classifiers_bias"]),
+        hidden_act=str(exp["hidden_act"]),
+        raw=raw,
+    )

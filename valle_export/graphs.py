@@ -20,6 +20,9 @@ META_LAYOUT = "valle.layout"
 META_SOURCE_CONFIG = "valle.source_config"
 META_GRAPH = "valle.graph"
 META_DTYPE = "valle.dtype"
+# sha256 of the runtime weights an export was made with, in the graph and in the weights file: a backbone
+# copied in from another model's export is refused instead of running with the wrong tables and heads
+META_WEIGHTS_FINGERPRINT = "valle.weights_fingerprint"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,16 +127,39 @@ class Layout:
             kw["heads"] = tuple(HeadRange(**h) for h in d["heads"])
             kw["capabilities"] = tuple(d["capabilities"])
             kw["dropped"] = tuple(tuple(x) for x in d.get("dropped", ()))
-            return cls(**kw)
-        except (KeyError, TypeError) as err:
+            layout = cls(**kw)
+        except (KeyError, TypeError, ValueError) as err:
             raise BadInput(f"layout JSON is incomplete ({err})", source) from None
+        problem = layout.problem()
+        if problem:
+            raise BadInput(f"inconsistent layout ({problem})", source)
+        return layout
+
+    def problem(self) -> str | None:
+        """What makes this layout unusable (wrong types, ranges outside the vocabulary, sizes <= 0), or None.
+        A layout read from a file is checked before any array is sized from it."""
+        ints = {"vocab_size": self.vocab_size, "hidden_size": self.hidden_size, "audio_levels": self.audio_levels,
+                "audio_tokens": self.audio_tokens}
+        for key, value in ints.items():
+            if type(value) is not int or value <= 0:
+                return f"{key} {value!r} is not a positive integer"
+        for r in (*self.tables, *self.heads):
+            if type(r.start) is not int or type(r.rows) is not int or r.start < 0 or r.rows <= 0 \
+                    or r.stop > self.vocab_size:
+                return f"{r.name} rows {r.start!r}+{r.rows!r} outside the vocabulary of {self.vocab_size}"
+        return None
 
     @classmethod
-    def from_json(cls, text: str, source: str = "layout") -> "Layout":
+    def from_json(cls, text: str | bytes, source: str = "layout") -> "Layout":
         try:
-            return cls.from_dict(json.loads(text), source)
+            d = json.loads(text)
         except json.JSONDecodeError as err:
             raise BadInput(f"layout is not valid JSON ({err.msg})", source) from None
+        except (ValueError, RecursionError):
+            raise BadInput("layout is not valid JSON (not UTF-8 text)", source) from None
+        if not isinstance(d, dict):
+            raise BadInput("layout is not a JSON object", source)
+        return cls.from_dict(d, source)
 
 
 def _native_tables(cfg: ValleConfig) -> list[tuple[str, int, str]]:

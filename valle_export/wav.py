@@ -1,11 +1,13 @@
 """WAV input/output and resampling with stdlib + numpy (no torch, no soundfile).
 
-Reads RIFF/WAVE PCM (8/16/24/32-bit), IEEE float (32/64-bit) and WAVE_FORMAT_EXTENSIBLE of either, any
-channel count (averaged to mono) and any rate; resamples with a Kaiser-windowed sinc (polyphase, rational
-ratio) to the codec's 24 kHz. Writes 16-bit PCM or 32-bit float. Every problem is one `BadInput` line.
+Reads RIFF/WAVE PCM (8/16/24/32-bit), IEEE float (32/64-bit) and WAVE_FORMAT_EXTENSIBLE of either, 1..64
+channels (averaged to mono) at 1 kHz..384 kHz, checking the header before reading any sample; resamples
+with a Kaiser-windowed sinc (polyphase, rational ratio) to the codec's 24 kHz. Writes 16-bit PCM or
+32-bit float. Every problem is one `BadInput` line.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import struct
@@ -18,29 +20,87 @@ from .files import atomic_path
 
 PCM, IEEE_FLOAT, EXTENSIBLE = 1, 3, 0xFFFE
 MAX_UPSAMPLING_PHASES = 1 << 20
+MIN_RATE, MAX_RATE = 1000, 384_000  # Hz; outside this a header is corrupt (and 1 Hz would upsample 24000x)
+MAX_CHANNELS = 64
+MAX_SECONDS = 600.0  # the longest WAV read whole (a prompt reads only what it needs)
+MAX_FMT_BYTES = 1024
 
 
-def _chunks(data: bytes, path) -> dict[bytes, bytes]:
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
+@dataclasses.dataclass(frozen=True)
+class WavHeader:
+    """What the RIFF header says, checked before any sample is read."""
+
+    encoding: int  # PCM or IEEE_FLOAT (EXTENSIBLE resolved)
+    channels: int
+    rate: int
+    bits: int
+    data_offset: int
+    data_bytes: int  # clipped to the file's real size
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.channels * (self.bits // 8)
+
+    @property
+    def frames(self) -> int:
+        return self.data_bytes // self.frame_bytes
+
+
+def _scan_chunks(f, file_size: int, path) -> tuple[bytes, int, int]:
+    """(fmt chunk bytes, data offset, data size) by seeking over the chunks, reading only the fmt chunk."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
         raise BadInput("not a WAV file (no RIFF/WAVE header)", path)
-    if data[:4] == b"RIFX":
+    if head[:4] == b"RIFX":
         raise BadInput("big-endian RIFX WAV is not supported", path)
-    chunks, pos = {}, 12
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        chunks.setdefault(cid, data[pos + 8:pos + 8 + size])
+    fmt_chunk, data, pos = None, None, 12
+    while pos + 8 <= file_size and (fmt_chunk is None or data is None):
+        f.seek(pos)
+        cid, size = struct.unpack("<4sI", f.read(8))
+        if cid == b"fmt " and fmt_chunk is None:
+            fmt_chunk = f.read(min(size, MAX_FMT_BYTES))
+        elif cid == b"data" and data is None:
+            data = (pos + 8, max(0, min(size, file_size - pos - 8)))
         pos += 8 + size + (size & 1)
-    for need in (b"fmt ", b"data"):
-        if need not in chunks:
+    for need, got in ((b"fmt ", fmt_chunk), (b"data", data)):
+        if got is None:
             raise BadInput(f"corrupt WAV file (no '{need.decode().strip()}' chunk)", path)
-    return chunks
+    return fmt_chunk, data[0], data[1]
 
 
-def _decode_samples(raw: bytes, fmt: int, bits: int, path) -> np.ndarray:
-    if fmt == IEEE_FLOAT and bits in (32, 64):
-        return np.frombuffer(raw[: len(raw) // (bits // 8) * (bits // 8)], dtype=f"<f{bits // 8}").astype(np.float32)
-    if fmt != PCM or bits not in (8, 16, 24, 32):
+def _parse_fmt(fmt_chunk: bytes, path) -> tuple[int, int, int, int]:
+    """(encoding, channels, rate, bits), each within what this reader handles."""
+    if len(fmt_chunk) < 16:
+        raise BadInput("corrupt WAV file (short 'fmt' chunk)", path)
+    fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt_chunk[:16])
+    if fmt == EXTENSIBLE and len(fmt_chunk) >= 26:
+        fmt = struct.unpack("<H", fmt_chunk[24:26])[0]
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise BadInput(f"corrupt WAV file ({channels} channels; 1..{MAX_CHANNELS} supported)", path)
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise BadInput(f"WAV sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz", path)
+    if not ((fmt == IEEE_FLOAT and bits in (32, 64)) or (fmt == PCM and bits in (8, 16, 24, 32))):
         raise BadInput(f"unsupported WAV encoding (format {fmt}, {bits} bits)", path)
+    return fmt, channels, rate, bits
+
+
+def read_header(path: str | os.PathLike) -> WavHeader:
+    """The checked header of a WAV file (no samples read)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            fmt_chunk, offset, nbytes = _scan_chunks(f, size, path)
+    except FileNotFoundError:
+        raise BadInput("file not found", path) from None
+    except IsADirectoryError:
+        raise BadInput("is a folder, not a WAV file", path) from None
+    return WavHeader(*_parse_fmt(fmt_chunk, path), offset, nbytes)
+
+
+def _decode_samples(raw: bytes, fmt: int, bits: int) -> np.ndarray:
+    if fmt == IEEE_FLOAT:
+        return np.frombuffer(raw[: len(raw) // (bits // 8) * (bits // 8)], dtype=f"<f{bits // 8}").astype(np.float32)
     if bits == 8:
         return (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
     if bits == 24:
@@ -53,27 +113,22 @@ def _decode_samples(raw: bytes, fmt: int, bits: int, path) -> np.ndarray:
     return np.frombuffer(raw[: n * (bits // 8)], dt).astype(np.float32) / float(1 << (bits - 1))
 
 
-def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """(float32 samples [frames, channels] in [-1, 1], sample rate)."""
+def read_wav(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """(float32 samples [frames, channels] in [-1, 1], sample rate). With `max_seconds`, only the first
+    `max_seconds` are read; without it, a file longer than `MAX_SECONDS` is refused. Either way the header
+    is checked and the size known before anything is allocated."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadInput("file not found", path) from None
-    except IsADirectoryError:
-        raise BadInput("is a folder, not a WAV file", path) from None
-    chunks = _chunks(data, path)
-    fmt_chunk = chunks[b"fmt "]
-    if len(fmt_chunk) < 16:
-        raise BadInput("corrupt WAV file (short 'fmt' chunk)", path)
-    fmt, channels, rate, _, block, bits = struct.unpack("<HHIIHH", fmt_chunk[:16])
-    if fmt == EXTENSIBLE and len(fmt_chunk) >= 26:
-        fmt = struct.unpack("<H", fmt_chunk[24:26])[0]
-    if channels < 1 or rate < 1:
-        raise BadInput(f"corrupt WAV file ({channels} channels at {rate} Hz)", path)
-    samples = _decode_samples(chunks[b"data"], fmt, bits, path)
-    samples = samples[: len(samples) // channels * channels].reshape(-1, channels)
-    return samples, int(rate)
+    h = read_header(path)
+    frames = h.frames
+    if max_seconds is not None:
+        frames = min(frames, int(math.ceil(max_seconds * h.rate)))
+    elif frames > MAX_SECONDS * h.rate:
+        raise BadInput(f"WAV of {frames / h.rate:.0f} s is longer than {MAX_SECONDS:.0f} s", path)
+    with open(path, "rb") as f:
+        f.seek(h.data_offset)
+        raw = f.read(frames * h.frame_bytes)
+    samples = _decode_samples(raw, h.encoding, h.bits)
+    return samples[: len(samples) // h.channels * h.channels].reshape(-1, h.channels), h.rate
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -113,9 +168,10 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int, zeros: int = 24, beta: 
     return out
 
 
-def load_audio(path: str | os.PathLike, rate: int) -> np.ndarray:
-    """Mono float32 audio at `rate` Hz from any WAV; refuses empty and non-finite audio."""
-    samples, rate_in = read_wav(path)
+def load_audio(path: str | os.PathLike, rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Mono float32 audio at `rate` Hz from any WAV (only its first `max_seconds` when given, trimmed
+    BEFORE resampling); refuses empty and non-finite audio."""
+    samples, rate_in = read_wav(path, max_seconds)
     if samples.size == 0:
         raise BadInput("WAV file has no samples", path)
     if not np.isfinite(samples).all():
