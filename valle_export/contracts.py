@@ -1,0 +1,79 @@
+"""Every numeric contract of the product, named once, and the one way errors are measured against them.
+
+Relative error everywhere means max |got - want| / max |want| (over the compared tensor). Bounds are product
+contracts (what an export must meet before it appears, what a backend promises) or test floors; the README and
+the tests cite these names, so a figure changes in one place. Comparisons are NaN-safe: a NaN error never
+meets a bound. Imports: numpy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+# --- exact backends ---------------------------------------------------------------------------------------
+# fp32 backends vs the reference, and the reference vs the original's recorded logits (the original itself
+# differs by 1.5e-6 between equivalent passes); check-fixture's exact contract (plus identical argmax/tokens).
+LOGITS_REL_EXACT = 1e-4
+# KV-cache steps vs a full recompute in the same torch build (measured ~1e-6).
+CACHE_VS_RECOMPUTE_REL = 1e-5
+
+# --- approximate backends ---------------------------------------------------------------------------------
+GELU_TANH_REL = 2e-3  # gemma's tanh GELU through ggml's fp16 table (measured 1.1e-4 .. 7.1e-4)
+F16_KV_REL = 5e-3  # an f16 KV cache on an f32 file (measured ~1e-3)
+APPROX_LOGITS_REL = 1e-2  # approximate backends without a measured bound (quantized weights)
+APPROX_TOKEN_AGREEMENT = 0.9  # argmax / greedy token agreement floor of approximate backends
+
+# --- exports, verified before they appear -------------------------------------------------------------------
+ONNX_HIDDEN_REL = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2.5e-1}  # backbone hidden states vs the reference
+# dequantized GGUF tensor vs its source, per GGML type (f16 rounding ~5e-4, bf16 ~4e-3, 8-bit ~1e-2)
+GGUF_TYPE_REL = {"F32": 0.0, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 2e-2, "Q6_K": 5e-2, "Q5_K": 1e-1, "Q5_0": 1e-1,
+                 "Q5_1": 1e-1, "Q4_K": 2e-1, "Q4_0": 2e-1, "Q4_1": 2e-1, "Q3_K": 4e-1, "Q2_K": 6e-1}
+GGUF_UNKNOWN_TYPE_REL = 1.0
+CODEC_DECODER_REL = 1e-4  # EnCodec ONNX decoder waveform vs torch (measured ~1e-7)
+
+# --- llama.cpp relabelling self-test --------------------------------------------------------------------------
+# A relabelled pass vs the independent per-token sequence-set method: the same kernels (measured 3e-7); a wrong
+# mask gives 0.5-0.8.
+RELABEL_SELF_TEST_REL = 1e-3
+
+
+def rel_error(got, want) -> float:
+    """max |got - want| / max |want| in float64; NaN when either side holds a NaN or the shapes differ."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return math.nan
+    if got.size == 0:
+        return 0.0
+    diff = np.abs(got - want)
+    if not (np.isfinite(diff).all() and np.isfinite(want).all()):
+        return math.nan
+    return float(diff.max() / max(float(np.abs(want).max()), 1e-30))
+
+
+def max_abs_error(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return math.nan
+    return float(np.abs(got - want).max()) if got.size else 0.0
+
+
+def within(error: float, bound: float) -> bool:
+    """NaN-safe: a NaN error never meets a bound (a plain `error > bound` test would let it pass)."""
+    return bool(error <= bound)
+
+
+def mismatch_report(expected: Mapping[str, tuple], found: Mapping[str, tuple], limit: int = 5) -> str:
+    """One line naming missing, unexpected and wrong-shape tensors ('' when the tables agree): the strict
+    loader's report, shared by every reader of a tensor table."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(f"{k} {tuple(found[k])} (expected {tuple(expected[k])})"
+                   for k in expected if k in found and tuple(found[k]) != tuple(expected[k]))
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            more = f" and {len(items) - limit} more" if len(items) > limit else ""
+            parts.append(f"{label}: {', '.join(items[:limit])}{more}")
+    return "; ".join(parts)
