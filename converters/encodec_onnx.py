@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from valle_export import graphs
+from valle_export import contracts, graphs
 from valle_export.errors import ValleExportError
 from valle_export.files import atomic_dir
 from valle_export.progress import Progress
 from reference_model import codec
 
 EXAMPLE_FRAMES = 50
-DECODER_REL_BOUND = 1e-4  # waveform max-abs error / max |reference| (measured ~1e-7)
+DECODER_REL_BOUND = contracts.CODEC_DECODER_REL  # waveform max-abs error / max |reference| (measured ~1e-7)
 
 
 class EncoderWrapper(nn.Module):
@@ -79,7 +79,7 @@ def verify_codec(model, folder: Path) -> dict[str, float]:
         want = codec.decode(model, codes)
         got = onnx_codec.decode(codes)
         # np.maximum keeps a NaN (Python's max() would drop it after the first length)
-        worst_wave = float(np.maximum(worst_wave, np.abs(got - want).max() / np.abs(want).max()))
+        worst_wave = float(np.maximum(worst_wave, contracts.rel_error(got, want)))
         audio = (0.3 * rng.standard_normal((frames + 1) * codec.HOP - 17)).astype(np.float32)
         code_mismatch += int((onnx_codec.encode(audio) != codec.encode(model, audio)).sum())
     return {"decoder_rel": worst_wave, "encoder_code_mismatches": code_mismatch}
@@ -100,6 +100,6 @@ def export_codec_onnx(model, out_dir: Path, progress: Progress | None = None) ->
         report = verify_codec(model, tmp)
         progress.stage(f"decoder waveform relative error {report['decoder_rel']:.2e} (bound {DECODER_REL_BOUND:g}), "
                        f"encoder code mismatches {report['encoder_code_mismatches']}")
-        if not report["decoder_rel"] <= DECODER_REL_BOUND or report["encoder_code_mismatches"]:  # NaN fails
+        if not contracts.within(report["decoder_rel"], DECODER_REL_BOUND) or report["encoder_code_mismatches"]:  # NaN fails
             raise ValleExportError(f"EnCodec verification failed: {report}", out_dir)
     return report

@@ -1,8 +1,6 @@
 """Write the uniform model as a GGUF that stock llama.cpp loads, then read it back and verify it.
 
-Tensor table (n = layers): token_embd [table rows + head rows, d] (input table, then every head's rows in
-layout order), output_norm, and blk.{i}.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm,
-ffn_gate, ffn_up, ffn_down}. Metadata: the arch's own keys, `tokenizer.ggml.model = "none"`, and `valle.*`
+Tensors: `converters.gguf_tensors` (built once, shared with the verifier). Metadata: the arch's own keys, `tokenizer.ggml.model = "none"`, and `valle.*`
 (layout, source config, tokenizer, head row start, head biases, input scale, Q/K layout, exactness), so the
 file alone is enough for every runtime.
 
@@ -20,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from valle_export import exactness, names
+from valle_export import exactness, names, tensor_table as tt
 from valle_export.errors import BadInput, ValleExportError
 from valle_export.files import atomic_path
 from valle_export.layout import Layout
 from valle_export.progress import Progress
 
 from . import gguf_targets as targets
+from .gguf_tensors import GgufSource, build_source, head_rows
 
 GGUF_PY_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 K_QUANTS = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
@@ -49,36 +48,6 @@ def _file_type(outtype: str):
             "q4_0": F.MOSTLY_Q4_0}[outtype]
 
 
-def head_rows(layout: Layout) -> int:
-    return sum(h.rows for h in layout.heads)
-
-
-def token_embd_matrix(model) -> np.ndarray:
-    """[table rows + head rows, d]: the flat input table, then each head's rows in layout order."""
-    table = model.table.detach().numpy()
-    weight = model.llama.lm_head.weight.detach().numpy()
-    return np.concatenate([table] + [weight[h.start:h.stop] for h in model.layout.heads]).astype(np.float32)
-
-
-def head_bias_vector(model) -> np.ndarray:
-    bias = model.head_bias.numpy()
-    return np.concatenate([bias[h.start:h.stop] for h in model.layout.heads]).astype(np.float32)
-
-
-def gguf_tensors(model, target: targets.Target) -> dict[str, np.ndarray]:
-    """Every GGUF tensor as float32 numpy (before type conversion), in file order."""
-    cfg = model.cfg
-    state = {k: v.detach().numpy() for k, v in model.llama.model.state_dict().items()}
-    tensors = {targets.TOKEN_EMBD: token_embd_matrix(model), targets.OUTPUT_NORM: state["norm.weight"]}
-    for i in range(cfg.n_layers):
-        for hf, gg in targets.LAYER_TENSORS.items():
-            w = state[f"layers.{i}.{hf}"]
-            if target.qk_layout == "interleaved" and hf in ("self_attn.q_proj.weight", "self_attn.k_proj.weight"):
-                w = targets.permute_qk(w, cfg.n_heads)
-            tensors[gg.format(i=i)] = np.ascontiguousarray(w, dtype=np.float32)
-    return tensors
-
-
 def stored_weight_types(outtype: str) -> set[str]:
     """The weight types an outtype stores (before llama.cpp's per-tensor choices for K-quants), for the verdict
     written into the file; verification checks it against the types actually stored."""
@@ -92,7 +61,7 @@ def file_verdicts(model, arch: str, outtype: str) -> exactness.Verdicts:
 
 
 def _metadata(writer, model, target: targets.Target, tokenizer: str | None, outtype: str,
-              verdicts: exactness.Verdicts) -> None:
+              verdicts: exactness.Verdicts, source: GgufSource) -> None:
     cfg, layout = model.cfg, model.layout
     arch = target.arch
     writer.add_name(cfg.name or "vall-e")
@@ -116,7 +85,7 @@ def _metadata(writer, model, target: targets.Target, tokenizer: str | None, outt
     if tokenizer is not None:
         writer.add_string(names.GGUF_TOKENIZER, tokenizer)
     writer.add_uint32(names.GGUF_HEAD_ROW_START, layout.vocab_size)
-    writer.add_array(names.GGUF_HEAD_BIAS, [float(x) for x in head_bias_vector(model)])
+    writer.add_array(names.GGUF_HEAD_BIAS, [float(x) for x in source.head_bias])
     writer.add_float32(names.GGUF_INPUT_SCALE, target.input_scale)
     writer.add_string(names.GGUF_ROPE_LAYOUT, target.qk_layout)
     writer.add_string(names.GGUF_EXACTNESS, exactness.to_json(verdicts))
@@ -128,7 +97,7 @@ def _convert(name: str, data: np.ndarray, outtype: str) -> tuple[np.ndarray, obj
 
     if data.ndim == 1 or outtype == "f32":
         return data.astype(np.float32), gguf.GGMLQuantizationType.F32
-    if name == targets.TOKEN_EMBD and outtype in ("q8_0", "q4_0"):
+    if name == tt.GGUF_TOKEN_EMBD and outtype in ("q8_0", "q4_0"):
         outtype = "f16"  # input rows and head rows stay f16 in quantized files
     if outtype == "f16":
         return data.astype(np.float16), gguf.GGMLQuantizationType.F16
@@ -140,12 +109,12 @@ def _convert(name: str, data: np.ndarray, outtype: str) -> tuple[np.ndarray, obj
 
 
 def write_gguf_py(model, path: Path, target: targets.Target, outtype: str, tokenizer: str | None,
-                  progress: Progress, verdicts: exactness.Verdicts) -> None:
+                  progress: Progress, verdicts: exactness.Verdicts, source: GgufSource) -> None:
     import gguf
 
     writer = gguf.GGUFWriter(str(path), target.arch)
-    _metadata(writer, model, target, tokenizer, outtype, verdicts)
-    tensors = gguf_tensors(model, target)
+    _metadata(writer, model, target, tokenizer, outtype, verdicts, source)
+    tensors = source.tensors
     for k, (name, data) in enumerate(tensors.items()):
         converted, qtype = _convert(name, data, outtype)
         writer.add_tensor(name, converted, raw_dtype=qtype)
@@ -174,7 +143,7 @@ def quantize_with_llama_cpp(src: Path, dst: Path, outtype: str) -> None:
 def export_gguf(model, out: Path, outtype: str = "f16", arch: str | None = None, tokenizer: str | None = None,
                 progress: Progress | None = None) -> dict:
     """Write `out` atomically; returns the verification report. Nothing appears unless it verifies."""
-    from .gguf_verify import verify_gguf
+    from .gguf_verify import verify_gguf  # lazy: the verifier reads back through the runtime's reader
 
     progress = progress or Progress(quiet=True)
     if outtype not in OUTTYPES:
@@ -186,6 +155,7 @@ def export_gguf(model, out: Path, outtype: str = "f16", arch: str | None = None,
         raise BadInput(f"--arch: {err}") from None
     target = targets.make_target(arch, model.cfg.d_model)
     verdicts = file_verdicts(model, arch, outtype)  # K-quants: the f32 staging file already carries the final one
+    source = build_source(model, target)
     scale = math.sqrt(model.cfg.d_model)
     if arch == targets.GEMMA and scale != 2 ** round(math.log2(scale)):
         progress.stage(f"note: sqrt(n_embd) = {scale:g} is not a power of two; the host rescaling rounds")
@@ -195,12 +165,12 @@ def export_gguf(model, out: Path, outtype: str = "f16", arch: str | None = None,
         if outtype in K_QUANTS:
             with tempfile.TemporaryDirectory(dir=out.parent) as work:
                 f32 = Path(work) / "f32.gguf"
-                write_gguf_py(model, f32, target, "f32", tokenizer, progress, verdicts)
+                write_gguf_py(model, f32, target, "f32", tokenizer, progress, verdicts, source)
                 progress.stage(f"quantizing to {outtype} with llama.cpp")
                 quantize_with_llama_cpp(f32, tmp, outtype)
         else:
-            write_gguf_py(model, tmp, target, outtype, tokenizer, progress, verdicts)
+            write_gguf_py(model, tmp, target, outtype, tokenizer, progress, verdicts, source)
         progress.stage("reading back with gguf.GGUFReader and verifying")
-        report = verify_gguf(tmp, model, target, outtype)
+        report = verify_gguf(tmp, source, target, model.layout)
         progress.stage(report["summary"])
     return report

@@ -21,13 +21,15 @@ import math
 
 import numpy as np
 
+from valle_export import tensor_table as tt
+
 GEMMA, QWEN2VL, LLAMA = "gemma", "qwen2vl", "llama"
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
     arch: str
-    qk_layout: str  # "neox" or "interleaved"
+    qk_layout: str  # tensor_table.QK_NEOX or QK_INTERLEAVED
     input_scale: float  # host-side factor applied to summed inputs
 
 
@@ -44,8 +46,8 @@ def choose_arch(hidden_act: str, requested: str | None = None) -> str:
 def make_target(arch: str, hidden_size: int) -> Target:
     """Q/K layout and host input scale of an arch (what llama.cpp computes is `valle_export.exactness`)."""
     if arch == GEMMA:
-        return Target(GEMMA, "neox", 1.0 / math.sqrt(hidden_size))
-    return Target(arch, "interleaved" if arch == LLAMA else "neox", 1.0)
+        return Target(GEMMA, tt.QK_NEOX, 1.0 / math.sqrt(hidden_size))
+    return Target(arch, tt.QK_INTERLEAVED if arch == LLAMA else tt.QK_NEOX, 1.0)
 
 
 def permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -53,19 +55,3 @@ def permute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
     out_dim = weight.shape[0]
     half = out_dim // n_heads // 2
     return weight.reshape(n_heads, 2, half, -1).swapaxes(1, 2).reshape(weight.shape)
-
-
-# uniform (HF Llama) tensor name -> GGUF name; {i} = layer
-LAYER_TENSORS = {
-    "self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
-    "self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
-    "self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
-    "self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
-    "mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
-    "mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
-    "mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
-    "input_layernorm.weight": "blk.{i}.attn_norm.weight",
-    "post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
-}
-TOKEN_EMBD = "token_embd.weight"
-OUTPUT_NORM = "output_norm.weight"

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from valle_export import contracts
+
 
 def rel_error(got, want) -> tuple[float, float]:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    max_abs = float(np.abs(got - want).max()) if got.size else 0.0
-    scale = float(np.abs(want).max()) if want.size else 1.0
-    return max_abs, max_abs / max(scale, 1e-30)
+    """(max abs error, relative error) as the product measures them (valle_export.contracts)."""
+    return contracts.max_abs_error(got, want), contracts.rel_error(got, want)
 
 
 def assert_logits_close(got, want, rel_tol: float, label: str) -> float:
@@ -16,7 +16,7 @@ def assert_logits_close(got, want, rel_tol: float, label: str) -> float:
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape, f"{label}: shape {got.shape} != {want.shape}"
     max_abs, rel = rel_error(got, want)
-    assert rel <= rel_tol, f"{label}: relative error {rel:.3e} (max abs {max_abs:.3e}) exceeds {rel_tol:g}"
+    assert contracts.within(rel, rel_tol), f"{label}: relative error {rel:.3e} (max abs {max_abs:.3e}) exceeds {rel_tol:g}"
     return rel
 
 

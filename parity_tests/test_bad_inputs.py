@@ -174,7 +174,7 @@ def test_shape_disagrees_with_config(tmp_path, ckpt):
     bad = rewrite(ckpt, tmp_path / "bad", tensors=t)
     refused([tmp_path], "convert", bad, tmp_path / "o", "-q",
             needles=("missing 1 tensor(s): classifiers.proj.3.bias", "unexpected 1 tensor(s): extra.weight",
-                     "model.layers.1.mlp.up_proj.weight (100, 64) (config says (256, 64))"))
+                     "model.layers.1.mlp.up_proj.weight (100, 64) (expected (256, 64))"))
 
 
 # --- .pth files --------------------------------------------------------------------------------------------

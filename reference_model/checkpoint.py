@@ -11,7 +11,7 @@ from typing import Iterable
 
 import torch
 
-from valle_export import names
+from valle_export import contracts, names, tensor_table as tt
 from valle_export.config import ValleConfig, parse_config
 from valle_export.errors import BadCheckpoint
 from valle_export.files import read_safetensors_header
@@ -77,11 +77,7 @@ def expected_shapes(cfg: ValleConfig) -> dict[str, tuple[int, ...]]:
         shapes[names.native_head_weight(h.index)] = (h.rows, d)
         if h.has_bias:
             shapes[names.native_head_bias(h.index)] = (h.rows,)
-    per_layer = {
-        "self_attn.q_proj.weight": (d, d), "self_attn.k_proj.weight": (kv, d), "self_attn.v_proj.weight": (kv, d),
-        "self_attn.o_proj.weight": (d, d), "mlp.gate_proj.weight": (cfg.d_ffn, d), "mlp.up_proj.weight": (cfg.d_ffn, d),
-        "mlp.down_proj.weight": (d, cfg.d_ffn), "input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,),
-    }
+    per_layer = {row.suffix: row.shape_for(d, kv, cfg.d_ffn) for row in tt.LAYER_TENSORS}
     for layer in range(cfg.n_layers):
         for suffix, shape in per_layer.items():
             shapes[names.native_layer_tensor(layer, suffix)] = shape
@@ -93,19 +89,10 @@ def _check_tensors(cfg: ValleConfig, tensors: dict[str, torch.Tensor], path: Pat
     layout = layout_from_config(cfg)
     expected = expected_shapes(cfg)
     dropped = {name for name, _ in layout.dropped}
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(k for k in tensors if k not in expected and k not in dropped)
-    wrong = sorted(f"{k} {tuple(tensors[k].shape)} (config says {expected[k]})"
-                   for k in expected if k in tensors and tuple(tensors[k].shape) != expected[k])
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
-    if wrong:
-        problems.append(f"shape mismatch: {'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
-    if problems:
-        raise BadCheckpoint("; ".join(problems), path)
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    report = contracts.mismatch_report(expected, found, ignored=dropped)
+    if report:
+        raise BadCheckpoint(report, path)
     bad = [k for k in expected if not tensors[k].is_floating_point()]
     if bad:
         raise BadCheckpoint(f"non-float tensor(s): {', '.join(bad[:4])}", path)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import EncodecConfig, EncodecModel
 
+from valle_export import contracts
 from valle_export.errors import BadCheckpoint
 
 BANDWIDTH_KBPS = 6.0
@@ -64,18 +65,10 @@ def original_state_to_hf(model: EncodecModel, state: dict[str, torch.Tensor], so
     """Map an original state dict onto `model`'s names; every name and shape must match exactly."""
     table = _name_table(model)
     target = model.state_dict()
-    missing = sorted(set(table) - set(state))
-    unexpected = sorted(set(state) - set(table))
-    wrong = [k for k in table if k in state and tuple(state[k].shape) != tuple(target[table[k]].shape)]
-    if missing or unexpected or wrong:
-        bits = []
-        if missing:
-            bits.append(f"missing {len(missing)}: {', '.join(missing[:4])}")
-        if unexpected:
-            bits.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:4])}")
-        if wrong:
-            bits.append(f"shape mismatch: {', '.join(wrong[:4])}")
-        raise BadCheckpoint("not an EnCodec 24 kHz state dict (" + "; ".join(bits) + ")", source)
+    report = contracts.mismatch_report({k: tuple(target[hf].shape) for k, hf in table.items()},
+                                       {k: tuple(v.shape) for k, v in state.items()}, limit=4)
+    if report:
+        raise BadCheckpoint(f"not an EnCodec 24 kHz state dict ({report})", source)
     return {table[k]: v.to(target[table[k]].dtype) for k, v in state.items()}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from valle_export import names
+from valle_export import names, tensor_table as tt
 from valle_export.config import ValleConfig
 from valle_export.layout import Layout
 
@@ -35,7 +35,7 @@ def backbone_state(cfg: ValleConfig, tensors: dict[str, torch.Tensor]) -> dict[s
     """The Llama decoder tensors, named as in `LlamaForCausalLM` (`model.` prefix kept)."""
     state = {names.NATIVE_FINAL_NORM: tensors[names.NATIVE_FINAL_NORM]}
     for layer in range(cfg.n_layers):
-        for suffix in names.NATIVE_LAYER_TENSORS:
+        for suffix in tt.LAYER_SUFFIXES:
             key = names.native_layer_tensor(layer, suffix)
             state[key] = tensors[key]
     return state

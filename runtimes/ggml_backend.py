@@ -22,16 +22,20 @@ import math
 from pathlib import Path
 
 import numpy as np
+from gguf import MODEL_TENSOR as MT
 
-from valle_export import exactness, sequence as seq
+from valle_export import exactness, sequence as seq, tensor_table as tt
 from valle_export.errors import BadInput
 
 from .gguf_file import GgufModelFile
 from .host_weights import apply_head
 
-LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
-                 "ffn_down")
-GRAPH_NODES = 8192
+GRAPH_NODES = 8192  # upper bound of graph nodes per pass (12 layers use ~600)
+NODES_PER_LAYER = 96  # tensor headers per layer in the meta context (~40 used), plus GLOBAL_NODES
+GLOBAL_NODES = 64
+# ggml_rope_ext's YaRN arguments for plain RoPE: n_ctx_orig 0, freq_scale 1, ext_factor 0, attn_factor 1,
+# beta_fast 32, beta_slow 1 (llama.cpp's defaults; with ext_factor 0 they do not change the rotation)
+ROPE_PLAIN = dict(n_ctx_orig=0, freq_scale=1.0, ext_factor=0.0, attn_factor=1.0, beta_fast=32.0, beta_slow=1.0)
 
 
 class GgmlBackend:
@@ -45,14 +49,11 @@ class GgmlBackend:
         self._g = ggml
         self.file = GgufModelFile.open(path)
         self.layout = self.file.layout
-        cfg = self.file.source_config
-        size = cfg["size"]
-        self.n_layers, self.n_heads = int(size["layers"]), int(size["heads"])
-        self.d = int(size["dim"])
+        hp = self.file.hparams  # the GGUF's standard keys, as llama.cpp reads them
+        self.n_layers, self.n_heads, self.d = hp.n_layers, hp.n_heads, hp.n_embd
         self.head_dim = self.d // self.n_heads
-        self.eps = float(cfg.get("rms_norm_eps", 1e-6))
-        self.theta = float(cfg.get("rope_theta", 10000.0))
-        self.rope_mode = ggml.GGML_ROPE_TYPE_NEOX if self.file.qk_layout == "neox" else 0
+        self.eps, self.theta = hp.rms_eps, hp.rope_base
+        self.rope_mode = ggml.GGML_ROPE_TYPE_NEOX if self.file.qk_layout == tt.QK_NEOX else 0
         self.threads = threads or 2
         self.verdicts = exactness.ggml_verdicts(self.file.weight_types)  # its KV cache is always f32
         self.exact = exactness.all_exact(self.verdicts)
@@ -80,7 +81,7 @@ class GgmlBackend:
             raise BadInput("ggml's gguf loader could not read this file", path)
         ctx = self._wctx = holder.value
         self.w = {}
-        names = ["output_norm.weight"] + [f"blk.{i}.{t}.weight" for i in range(self.n_layers) for t in LAYER_TENSORS]
+        names = [tt.GGUF_OUTPUT_NORM] + [row.gguf_name(i) for i in range(self.n_layers) for row in tt.LAYER_TENSORS]
         for name in names:
             t = g.ggml_get_tensor(ctx, name.encode())
             if not t:
@@ -110,6 +111,11 @@ class GgmlBackend:
     def __del__(self):
         self.close()
 
+    def _layer_weights(self, layer: int):
+        """Layer `layer`'s weight tensors by gguf-py tensor kind (names from valle_export.tensor_table)."""
+        by_kind = {row.gguf: self.w[row.gguf_name(layer)] for row in tt.LAYER_TENSORS}
+        return by_kind.__getitem__
+
     # --- graph -------------------------------------------------------------------------------------------
     def _ensure_cache(self) -> None:
         """Persistent K/V tensors for `n_ctx` positions in their own context (allocated once)."""
@@ -129,7 +135,7 @@ class GgmlBackend:
     def _meta_context(self):
         """A no_alloc context for the graph's tensor headers, on a reused buffer."""
         g = self._g
-        need = (self.n_layers * 96 + 64) * g.ggml_tensor_overhead() + g.ggml_graph_overhead_custom(GRAPH_NODES, False)
+        need = (self.n_layers * NODES_PER_LAYER + GLOBAL_NODES) * g.ggml_tensor_overhead() + g.ggml_graph_overhead_custom(GRAPH_NODES, False)
         if self._meta is None or self._meta.nbytes < need:
             self._meta = np.zeros(need, dtype=np.uint8)
         return g.ggml_init(g.ggml_init_params(mem_size=self._meta.nbytes,
@@ -152,11 +158,13 @@ class GgmlBackend:
     def _attention(self, ctx, gf, x, pos, mask, layer: int, past: int, n: int):
         """x [d, n] -> attention output [d, n]; writes this pass's K/V into the cache at `past`."""
         g, hd, H, d = self._g, self.head_dim, self.n_heads, self.d
-        w = lambda name: self.w[f"blk.{layer}.{name}.weight"]  # noqa: E731
-        q = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w("attn_q"), x), hd, H, n)
-        k = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w("attn_k"), x), hd, H, n)
-        v = g.ggml_mul_mat(ctx, w("attn_v"), x)  # [d, n]
-        rope = (0, self.theta, 1.0, 0.0, 1.0, 32.0, 1.0)  # n_ctx_orig, base, scale, ext, attn, beta_fast, slow
+        w = self._layer_weights(layer)
+        q = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w(MT.ATTN_Q), x), hd, H, n)
+        k = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w(MT.ATTN_K), x), hd, H, n)
+        v = g.ggml_mul_mat(ctx, w(MT.ATTN_V), x)  # [d, n]
+        r = ROPE_PLAIN
+        rope = (r["n_ctx_orig"], self.theta, r["freq_scale"], r["ext_factor"], r["attn_factor"], r["beta_fast"],
+                r["beta_slow"])
         q = g.ggml_rope_ext(ctx, q, pos, None, hd, self.rope_mode, *rope)
         k = g.ggml_rope_ext(ctx, k, pos, None, hd, self.rope_mode, *rope)
         kc, vc = self._kc[layer], self._vc[layer]
@@ -171,15 +179,15 @@ class GgmlBackend:
         qp = g.ggml_permute(ctx, q, 0, 2, 1, 3)  # [hd, n, H]
         scores = g.ggml_soft_max_ext(ctx, g.ggml_mul_mat(ctx, k_all, qp), mask, 1.0 / math.sqrt(hd), 0.0)
         out = g.ggml_cont(ctx, g.ggml_permute(ctx, g.ggml_mul_mat(ctx, v_all, scores), 0, 2, 1, 3))  # [hd, H, n]
-        return g.ggml_mul_mat(ctx, w("attn_output"), g.ggml_reshape_2d(ctx, out, d, n))
+        return g.ggml_mul_mat(ctx, w(MT.ATTN_OUT), g.ggml_reshape_2d(ctx, out, d, n))
 
     def _ffn(self, ctx, x, layer: int):
         g = self._g
-        w = lambda name: self.w[f"blk.{layer}.{name}.weight"]  # noqa: E731
-        gate, up = g.ggml_mul_mat(ctx, w("ffn_gate"), x), g.ggml_mul_mat(ctx, w("ffn_up"), x)
+        w = self._layer_weights(layer)
+        gate, up = g.ggml_mul_mat(ctx, w(MT.FFN_GATE), x), g.ggml_mul_mat(ctx, w(MT.FFN_UP), x)
         act = g.ggml_geglu_erf_split(ctx, gate, up) if self.layout.hidden_act == "gelu" else \
             g.ggml_swiglu_split(ctx, gate, up)
-        return g.ggml_mul_mat(ctx, w("ffn_down"), act)
+        return g.ggml_mul_mat(ctx, w(MT.FFN_DOWN), act)
 
     def run(self, embeds: np.ndarray, positions: np.ndarray, causal: bool, past: int = 0) -> np.ndarray:
         """Final-norm hidden [n, d] for `embeds` placed after `past` cached positions (written to the cache)."""
@@ -198,12 +206,12 @@ class GgmlBackend:
             pos = self._input(ctx, np.ascontiguousarray(positions, np.int32), g.GGML_TYPE_I32, pending)
             mask = self._input(ctx, np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0]), g.GGML_TYPE_F32, pending)
             for layer in range(self.n_layers):
-                attn = self._attention(ctx, gf, self._norm(ctx, x, self.w[f"blk.{layer}.attn_norm.weight"]),
+                attn = self._attention(ctx, gf, self._norm(ctx, x, self._layer_weights(layer)(MT.ATTN_NORM)),
                                        pos, mask, layer, past, n)
                 h = g.ggml_add(ctx, x, attn)
-                ffn = self._ffn(ctx, self._norm(ctx, h, self.w[f"blk.{layer}.ffn_norm.weight"]), layer)
+                ffn = self._ffn(ctx, self._norm(ctx, h, self._layer_weights(layer)(MT.FFN_NORM)), layer)
                 x = g.ggml_add(ctx, h, ffn)
-            out = self._norm(ctx, x, self.w["output_norm.weight"])
+            out = self._norm(ctx, x, self.w[tt.GGUF_OUTPUT_NORM])
             g.ggml_set_output(out)
             g.ggml_build_forward_expand(gf, out)
             if not g.ggml_gallocr_alloc_graph(self._galloc, gf):

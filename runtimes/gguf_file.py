@@ -8,11 +8,34 @@ from pathlib import Path
 
 import numpy as np
 
-from valle_export import exactness, names
+from valle_export import exactness, names, tensor_table as tt
 from valle_export.errors import BadInput
 from valle_export.layout import Layout
 
-TOKEN_EMBD = "token_embd.weight"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+    """The decoder sizes as the GGUF's standard keys state them (what llama.cpp itself reads)."""
+
+    n_layers: int
+    n_embd: int
+    n_ff: int
+    n_heads: int
+    n_heads_kv: int
+    rms_eps: float
+    rope_base: float
+
+    @classmethod
+    def read(cls, reader, arch: str, path: Path) -> "Hparams":
+        def key(template: str):
+            return _field(reader, template.format(arch=arch), path)
+
+        hp = cls(int(key(tt.KEY_BLOCKS)), int(key(tt.KEY_EMBD)), int(key(tt.KEY_FFN)), int(key(tt.KEY_HEADS)),
+                 int(key(tt.KEY_HEADS_KV)), float(key(tt.KEY_RMS_EPS)), float(key(tt.KEY_ROPE_BASE)))
+        if min(hp.n_layers, hp.n_embd, hp.n_ff, hp.n_heads, hp.n_heads_kv) <= 0 or hp.n_embd % hp.n_heads:
+            raise BadInput(f"GGUF sizes are inconsistent ({hp})", path)
+        return hp
 
 
 def _field(reader, key: str, path: Path, required: bool = True):
@@ -35,6 +58,7 @@ def _verdicts(text: str, path: Path) -> exactness.Verdicts:
 class GgufModelFile:
     path: Path
     arch: str
+    hparams: Hparams
     layout: Layout
     source_config: dict
     tokenizer: str | None
@@ -60,9 +84,11 @@ class GgufModelFile:
         except (ValueError, OSError, IndexError, KeyError) as err:
             raise BadInput(f"not a readable GGUF file ({str(err).splitlines()[0][:160]})", path) from None
         layout = Layout.from_json(_field(reader, names.GGUF_LAYOUT, path), f"{path}:{names.GGUF_LAYOUT}")
+        arch = _field(reader, tt.KEY_ARCH, path)
         return cls(
             path=path,
-            arch=_field(reader, "general.architecture", path),
+            arch=arch,
+            hparams=Hparams.read(reader, arch, path),
             layout=layout,
             source_config=json.loads(_field(reader, names.GGUF_SOURCE_CONFIG, path)),
             tokenizer=_field(reader, names.GGUF_TOKENIZER, path, required=False),
@@ -101,7 +127,7 @@ class GgufModelFile:
     def token_embd(self) -> np.ndarray:
         """token_embd dequantized once: the input table and every head's rows are slices of it."""
         if self._token_embd is None:
-            self._token_embd = self.tensor(TOKEN_EMBD)
+            self._token_embd = self.tensor(tt.GGUF_TOKEN_EMBD)
         return self._token_embd
 
     def head_weights(self) -> dict[str, np.ndarray]:

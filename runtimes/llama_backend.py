@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from valle_export import exactness, names, sequence as seq
+from valle_export import contracts, exactness, names, sequence as seq
 from valle_export.errors import BadInput, RefusedPass, ValleExportError
 
 from . import host_cpu
@@ -40,7 +40,7 @@ from .gguf_file import GgufModelFile
 from .host_weights import apply_head
 
 SELF_TEST_POSITIONS = np.array([0, 1, 2, 3, 0, 1, 2, 0, 1])  # three segments: two relabels
-SELF_TEST_REL = 1e-3  # both methods run the same kernels (measured ~1e-6); a wrong mask gives ~0.9
+SELF_TEST_REL = contracts.RELABEL_SELF_TEST_REL
 _LOG_CALLBACK = None  # keep a reference: llama.cpp calls it for the life of the process
 LOG_LINES: collections.deque[str] = collections.deque(maxlen=400)  # llama.cpp's recent log, kept for reports
 
@@ -240,8 +240,8 @@ class LlamaCppBackend:
         finally:
             self._clear()
         want = self._index_causal_by_sequence_sets(embeds, SELF_TEST_POSITIONS + 1)
-        rel = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-        if not rel <= SELF_TEST_REL:
+        rel = contracts.rel_error(got, want)
+        if not contracts.within(rel, SELF_TEST_REL):
             return (f"llama.cpp's saved-state format differs: a relabelled pass is {rel:.2e} away from the "
                     f"independent check (bound {SELF_TEST_REL:g})")
         return ""

@@ -64,16 +64,20 @@ def within(error: float, bound: float) -> bool:
     return bool(error <= bound)
 
 
-def mismatch_report(expected: Mapping[str, tuple], found: Mapping[str, tuple], limit: int = 5) -> str:
+def mismatch_report(expected: Mapping[str, tuple], found: Mapping[str, tuple], limit: int = 6,
+                    ignored: frozenset[str] | set[str] = frozenset()) -> str:
     """One line naming missing, unexpected and wrong-shape tensors ('' when the tables agree): the strict
-    loader's report, shared by every reader of a tensor table."""
+    loader's report (as safetensors' `load_model(strict=True)`), shared by every reader of a tensor table.
+    `ignored` names may be present without being expected (tensors a format knowingly drops)."""
     missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
+    unexpected = sorted(k for k in found if k not in expected and k not in ignored)
     wrong = sorted(f"{k} {tuple(found[k])} (expected {tuple(expected[k])})"
                    for k in expected if k in found and tuple(found[k]) != tuple(expected[k]))
     parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+    for label, items, sep in (("missing", missing, ", "), ("unexpected", unexpected, ", ")):
         if items:
-            more = f" and {len(items) - limit} more" if len(items) > limit else ""
-            parts.append(f"{label}: {', '.join(items[:limit])}{more}")
+            more = " ..." if len(items) > limit else ""
+            parts.append(f"{label} {len(items)} tensor(s): {sep.join(items[:limit])}{more}")
+    if wrong:
+        parts.append(f"shape mismatch: {'; '.join(wrong[:limit])}{' ...' if len(wrong) > limit else ''}")
     return "; ".join(parts)

@@ -51,17 +51,7 @@ def native_head_bias(index: int) -> str:
     return f"classifiers.proj.{index}.bias"
 
 
-NATIVE_LAYER_TENSORS = (
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-    "input_layernorm.weight",
-    "post_attention_layernorm.weight",
-)
+# per-layer tensor suffixes, with their GGUF names and shapes: valle_export.tensor_table.LAYER_TENSORS
 
 
 def native_layer_tensor(layer: int, suffix: str) -> str:
