@@ -66,19 +66,15 @@ def make_backend(row: str, work: Path, threads: int):
 
         torch.set_num_threads(threads)
         return TorchBackend(load_reference(work / "ckpt"))
-    if row.startswith("ggml-"):
-        from runtimes.ggml_backend import GgmlBackend
+    from runtimes.open import open_backend
+    from valle_export.backend_options import BackendOptions
 
-        return GgmlBackend(gguf_path(work, row), threads)
-    if row.startswith(("llamacpp-", "relabel-")):
-        from runtimes.llama_backend import LlamaConfig, LlamaCppBackend
-
-        extra = row.split("@")[1] if "@" in row else None
-        return LlamaCppBackend(gguf_path(work, row), LlamaConfig(n_ctx=1024, threads=threads, extra_bufts=extra))
-    from runtimes.onnx_backend import OnnxBackend, SessionConfig
-
-    variant = row.split("-")[1]
-    return OnnxBackend(work / "onnx", SessionConfig(provider="cpu", threads=threads, variant=variant))
+    extra = row.split("@")[1] if "@" in row else None
+    if row.startswith(("ggml-", "llamacpp-", "relabel-")):
+        kind = "ggml" if row.startswith("ggml-") else "llamacpp"
+        return open_backend(gguf_path(work, row), kind, BackendOptions(threads=threads, n_ctx=1024, extra_bufts=extra))
+    return open_backend(work / "onnx", "onnx", BackendOptions(threads=threads, provider="cpu",
+                                                              variant=row.split("-")[1]))
 
 
 def measure_codec(row: str, work: Path, threads: int) -> dict:

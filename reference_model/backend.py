@@ -6,39 +6,33 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from valle_export.backend_base import CachedPassBackend
 from valle_export.sequence import PassSpec
 
 from .model import UniformValleModel
 
 
-class TorchBackend:
+class TorchBackend(CachedPassBackend):
     name = "torch"
-    exact = True
 
     def __init__(self, model: UniformValleModel):
         self.model = model
         self.layout = model.layout
         self._cache: DynamicCache | None = None
-        self._cached = 0
 
     @torch.no_grad()
     def logits(self, spec: PassSpec) -> np.ndarray:
-        return self.model.pass_logits(spec).numpy()
+        return self.model.pass_logits(spec).numpy()  # the reference's own full pass (heads included)
 
-    @torch.no_grad()
-    def prefill(self, spec: PassSpec) -> np.ndarray:
+    def _reset_cache(self) -> None:
         self._cache = DynamicCache(config=self.model.llama.config)
-        self._cached = 0
-        return self.extend(spec)
 
     @torch.no_grad()
-    def extend(self, spec: PassSpec) -> np.ndarray:
+    def _append_hidden(self, rows: np.ndarray, positions: np.ndarray):
         if self._cache is None:
             raise RuntimeError("extend() before prefill()")
-        if not spec.causal:
-            raise ValueError("a KV cache only serves causal passes")
-        new = slice(self._cached, spec.length)
-        embeds = self.model.embed(spec.rows[new])
-        hidden = self.model.hidden(embeds, spec.positions[new], True, self._cache)
-        self._cached = spec.length
-        return self.model.head_logits(hidden[-1:], spec.head)[0].numpy()
+        return self.model.hidden(self.model.embed(rows), positions, True, self._cache)
+
+    @torch.no_grad()
+    def head_logits(self, hidden, head: str) -> np.ndarray:
+        return self.model.head_logits(hidden, head).numpy()

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 from gguf import MODEL_TENSOR as MT
 
 from valle_export import exactness, sequence as seq, tensor_table as tt
+from valle_export.backend_base import CachedPassBackend
+from valle_export.backend_options import DEFAULT_N_CTX
 from valle_export.errors import BadInput
 
 from .gguf_file import GgufModelFile
@@ -38,10 +41,10 @@ GLOBAL_NODES = 64
 ROPE_PLAIN = dict(n_ctx_orig=0, freq_scale=1.0, ext_factor=0.0, attn_factor=1.0, beta_fast=32.0, beta_slow=1.0)
 
 
-class GgmlBackend:
+class GgmlBackend(CachedPassBackend):
     name = "ggml"
 
-    def __init__(self, path: str | Path, threads: int = 0, n_ctx: int = 2048):
+    def __init__(self, path: str | Path, threads: int = 0, n_ctx: int = DEFAULT_N_CTX):
         try:
             import ggml
         except ImportError:
@@ -54,7 +57,7 @@ class GgmlBackend:
         self.head_dim = self.d // self.n_heads
         self.eps, self.theta = hp.rms_eps, hp.rope_base
         self.rope_mode = ggml.GGML_ROPE_TYPE_NEOX if self.file.qk_layout == tt.QK_NEOX else 0
-        self.threads = threads or 2
+        self.threads = threads or (os.cpu_count() or 1)  # 0 = every core, as onnxruntime and llama.cpp do
         self.verdicts = exactness.ggml_verdicts(self.file.weight_types)  # its KV cache is always f32
         self.exact = exactness.all_exact(self.verdicts)
         self.approximation = exactness.approximation(self.verdicts)
@@ -225,23 +228,16 @@ class GgmlBackend:
         finally:
             g.ggml_free(ctx)
 
-    # --- pass API -----------------------------------------------------------------------------------------
+    # --- pass plumbing hooks (valle_export.backend_base) -------------------------------------------------
     def head_logits(self, hidden: np.ndarray, head: str) -> np.ndarray:
         return apply_head(hidden, self.head_w[head], self.head_b[head])
 
-    def logits(self, spec: seq.PassSpec) -> np.ndarray:
-        self._cached = 0  # a full pass starts the cache over
-        hidden = self.run(seq.embed(self.table, spec.rows), spec.positions, spec.causal, 0)
-        return self.head_logits(hidden[spec.out_start:], spec.head)
+    def _full_hidden(self, spec: seq.PassSpec) -> np.ndarray:
+        self._cached = 0  # a full pass overwrites the cache's first positions
+        return self.run(seq.embed(self.table, spec.rows), spec.positions, spec.causal, 0)
 
-    def prefill(self, spec: seq.PassSpec) -> np.ndarray:
-        self._cached = 0
-        return self.extend(spec)
+    def _append_hidden(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return self.run(seq.embed(self.table, rows), positions, True, self._cached)
 
-    def extend(self, spec: seq.PassSpec) -> np.ndarray:
-        if not spec.causal:
-            raise ValueError("a KV cache only serves causal passes")
-        new = slice(self._cached, spec.length)
-        hidden = self.run(seq.embed(self.table, spec.rows[new]), spec.positions[new], True, self._cached)
-        self._cached = spec.length
-        return self.head_logits(hidden[-1:], spec.head)[0]
+    def _reset_cache(self) -> None:
+        """The cache tensors persist; positions past `_cached` are simply overwritten."""

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from valle_export import contracts, exactness, names, sequence as seq
+from valle_export.backend_base import CachedPassBackend
+from valle_export.backend_options import DEFAULT_N_CTX
 from valle_export.errors import BadInput, RefusedPass, ValleExportError
 
 from . import host_cpu
@@ -47,7 +49,7 @@ LOG_LINES: collections.deque[str] = collections.deque(maxlen=400)  # llama.cpp's
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-    n_ctx: int = 2048  # also the largest non-causal pass (n_batch = n_ubatch = n_ctx)
+    n_ctx: int = DEFAULT_N_CTX  # also the largest non-causal pass (n_batch = n_ubatch = n_ctx)
     threads: int = 0  # 0 = llama.cpp's default
     kv_type: str = "f32"  # f32 (exact for SiLU models) or f16
     flash_attention: bool = False  # on CPU it adds ~7e-4 error even with an f32 cache
@@ -75,7 +77,7 @@ def _silence_llama_logs() -> None:
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(CachedPassBackend):
     name = "llamacpp"
 
     def __init__(self, path: str | Path, config: LlamaConfig = LlamaConfig()):
@@ -264,20 +266,21 @@ class LlamaCppBackend:
         finally:
             L.llama_free(ctx)
 
-    def _check_causal(self, spec: seq.PassSpec) -> None:
-        if self.mrope or not self.state_problem:
+    def _check_pass(self, spec: seq.PassSpec) -> None:
+        """Causal passes that restart positions run only when the state-format self-test passed."""
+        if not spec.causal or self.mrope or not self.state_problem:
             return
         if np.any(np.diff(spec.positions) < 0):
             kind = exactness.pass_kind(spec.head)
             raise RefusedPass(f"llama.cpp refuses the {kind} pass: {self.verdicts[kind].reason}", kind)
 
-    def hidden(self, spec: seq.PassSpec) -> np.ndarray:
+    # --- pass plumbing hooks (valle_export.backend_base) -------------------------------------------------
+    def _full_hidden(self, spec: seq.PassSpec) -> np.ndarray:
         """Final-norm hidden states [L, d] of a full pass on a cleared cache, in sequence order."""
         self._clear()
         embeds = seq.embed(self.table, spec.rows)
         L = self._L
         if spec.causal:
-            self._check_causal(spec)
             L.llama_set_causal_attn(self._ctx, True)
             return self._causal(embeds, spec.positions)
         L.llama_set_causal_attn(self._ctx, False)
@@ -292,22 +295,12 @@ class LlamaCppBackend:
             L.llama_set_causal_attn(self._ctx, True)
             self._clear()
 
+    def _append_hidden(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        self._L.llama_set_causal_attn(self._ctx, True)
+        return self._causal(seq.embed(self.table, rows), positions)
+
+    def _reset_cache(self) -> None:
+        self._clear()
+
     def head_logits(self, hidden: np.ndarray, head: str) -> np.ndarray:
         return apply_head(hidden, self.head_w[head], self.head_b[head])
-
-    # --- pass API -----------------------------------------------------------------------------------------
-    def logits(self, spec: seq.PassSpec) -> np.ndarray:
-        return self.head_logits(self.hidden(spec)[spec.out_start:], spec.head)
-
-    def prefill(self, spec: seq.PassSpec) -> np.ndarray:
-        self._clear()
-        return self.extend(spec)
-
-    def extend(self, spec: seq.PassSpec) -> np.ndarray:
-        if not spec.causal:
-            raise ValueError("a KV cache only serves causal passes")
-        self._check_causal(spec)
-        self._L.llama_set_causal_attn(self._ctx, True)
-        new = slice(self._cached, spec.length)
-        hidden = self._causal(seq.embed(self.table, spec.rows[new]), spec.positions[new])
-        return self.head_logits(hidden[-1:], spec.head)[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from valle_export import graphs, names, sequence as seq
+from valle_export.backend_base import CachedPassBackend
 from valle_export.errors import BadInput
 from valle_export.layout import Layout
 
@@ -60,9 +61,8 @@ def variant_file(folder: Path, variant: str) -> Path:
     return path
 
 
-class OnnxBackend:
+class OnnxBackend(CachedPassBackend):
     name = "onnx"
-    exact = True
 
     def __init__(self, folder: str | Path, config: SessionConfig = SessionConfig()):
         import onnxruntime as ort
@@ -157,19 +157,16 @@ class OnnxBackend:
         outs = binding.get_outputs()
         return outs[0].numpy()[0], list(outs[1:])
 
-    # --- pass API -----------------------------------------------------------------------------------------
-    def logits(self, spec: seq.PassSpec) -> np.ndarray:
-        hidden, _ = self.hidden(spec.rows, spec.positions, spec.causal)
-        return self.weights.head_logits(hidden[spec.out_start:], self.layout, spec.head)
+    # --- pass plumbing hooks (valle_export.backend_base) -------------------------------------------------
+    def _full_hidden(self, spec: seq.PassSpec) -> np.ndarray:
+        return self.hidden(spec.rows, spec.positions, spec.causal)[0]
 
-    def prefill(self, spec: seq.PassSpec) -> np.ndarray:
-        self._past, self._cached = None, 0
-        return self.extend(spec)
+    def _append_hidden(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        hidden, self._past = self.hidden(rows, positions, True, self._past)
+        return hidden
 
-    def extend(self, spec: seq.PassSpec) -> np.ndarray:
-        if not spec.causal:
-            raise ValueError("a KV cache only serves causal passes")
-        new = slice(self._cached, spec.length)
-        hidden, self._past = self.hidden(spec.rows[new], spec.positions[new], True, self._past)
-        self._cached = spec.length
-        return self.weights.head_logits(hidden[-1:], self.layout, spec.head)[0]
+    def _reset_cache(self) -> None:
+        self._past = None
+
+    def head_logits(self, hidden: np.ndarray, head: str) -> np.ndarray:
+        return self.weights.head_logits(hidden, self.layout, head)

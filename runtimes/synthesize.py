@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from valle_export.backend_options import DEFAULT_N_CTX, BackendOptions
 from valle_export import graphs, names
 from valle_export.errors import BadInput
 from valle_export.progress import Progress
 
+from .open import open_backend as open_any_backend
 from . import text as text_frontend
 from .codec import OnnxCodec
 from .pipeline import (Conditioning, DemaskSettings, generate_ar, generate_len, generate_nar, demask_nar_len)
@@ -41,30 +43,11 @@ class TextInput:
     language: str = "en"
 
 
-def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str = "f32", n_ctx: int = 4096):
-    """An ONNX folder or a GGUF file on a torch-free backend. (The torch reference is opened by the CLI, the
-    composition root: no runtime module imports reference_model.)"""
-    model = Path(model)
-    if kind == "auto":
-        if model.suffix == ".gguf":
-            kind = "llamacpp"
-        elif (model / graphs.BACKBONE_FILE).is_file():
-            kind = "onnx"
-        else:
-            raise BadInput("not an exported model (a folder with backbone.onnx, or a .gguf file)", model)
-    if kind == "onnx":
-        from .onnx_backend import OnnxBackend, SessionConfig
-
-        return OnnxBackend(model, SessionConfig(threads=threads))
-    if kind == "llamacpp":
-        from .llama_backend import LlamaConfig, LlamaCppBackend
-
-        return LlamaCppBackend(model, LlamaConfig(n_ctx=n_ctx, threads=threads, kv_type=kv_type))
-    if kind == "ggml":
-        from .ggml_backend import GgmlBackend
-
-        return GgmlBackend(model, threads, n_ctx)
-    raise BadInput(f"unknown backend {kind!r}")
+def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str = "f32",
+                 n_ctx: int = DEFAULT_N_CTX):
+    """The synthesis runtime's way into `runtimes.open.open_backend` (one opener; the torch reference is
+    opened by the CLI, the composition root: no runtime module imports reference_model)."""
+    return open_any_backend(model, kind, BackendOptions(threads=threads, n_ctx=n_ctx, kv_type=kv_type))
 
 
 def tokenizer_json(model: Path, backend) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__, names, options as opt
+from .backend_options import DEFAULT_N_CTX, KV_TYPES, BackendOptions
 from .errors import ValleExportError
 from .extras import missing_extra
 from .paths import FolderKind, check_output
@@ -114,6 +115,10 @@ class OneLineGroup(click.Group):
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+threads_option = click.option("--threads", type=opt.THREADS, default=0, show_default=True,
+                              help="CPU threads of the backend (0 = every core).")
+n_ctx_option = click.option("--n-ctx", type=opt.N_CTX, default=DEFAULT_N_CTX, show_default=True,
+                            help="Positions one pass may hold (llama.cpp and ggml context).")
 # Existing folders each export refuses to write into (an export never lands in a checkpoint folder).
 _NOT_FOR_UNIFORM = (FolderKind.CHECKPOINT, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
 _NOT_FOR_ONNX = (FolderKind.CHECKPOINT, FolderKind.UNIFORM, FolderKind.HF_CODEC)
@@ -254,8 +259,9 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 @click.option("--demask-steps", type=opt.DEMASK_STEPS, default=25, show_default=True)
 @click.option("--cfg-strength", type=opt.NON_NEGATIVE, default=2.5, show_default=True)
 @click.option("--seed", type=opt.SEED, default=None)
-@click.option("--threads", type=opt.THREADS, default=0, help="0 = the backend's default.")
-@click.option("--kv-type", type=click.Choice(["f32", "f16"]), default="f32", show_default=True,
+@threads_option
+@n_ctx_option
+@click.option("--kv-type", type=click.Choice(KV_TYPES), default="f32", show_default=True,
               help="llama.cpp KV cache type (f32 is exact for SiLU models).")
 @click.option("--float-wav", is_flag=True, help="Write 32-bit float WAV instead of 16-bit PCM.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
@@ -263,8 +269,8 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 @_one_line_errors
 def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, backend, modality, codec_dir,
                    max_duration, ar_temperature, nar_temperature, top_k, top_p, min_p, top_no, repetition_penalty,
-                   length_penalty, demask_steps, cfg_strength, seed, threads, kv_type, float_wav, as_json,
-                   quiet) -> None:
+                   length_penalty, demask_steps, cfg_strength, seed, threads, n_ctx, kv_type, float_wav,
+                   as_json, quiet) -> None:
     """Speak TEXT with MODEL (an exported ONNX folder or a GGUF file) and write a WAV."""
     import json
 
@@ -280,7 +286,8 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, 
         wav.read_header(prompt)
     progress = Progress(quiet)
     progress.stage(f"loading {model} ({backend})")
-    runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads, kv_type)
+    runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads,
+                                                                                            kv_type, n_ctx)
     codec = synth.find_codec(model, codec_dir)
     filters = dict(top_k=top_k, top_p=top_p, min_p=min_p, top_no=top_no)
     settings = synth.SynthesisSettings(
@@ -367,36 +374,27 @@ def inspect_cmd(file: Path) -> None:
         click.echo(line)
 
 
-def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path):
-    """The backend to check: torch on the fixture's checkpoint, or an exported file (made now if not given)."""
+def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path, options):
+    """The backend to check: torch on the fixture's checkpoint, or an exported file (made now if not given:
+    an f32 GGUF for the GGUF backends, an fp32 ONNX folder for onnx)."""
     if backend == "torch":
-        from reference_model.backend import TorchBackend
+        return _torch_backend(fixture_dir)
+    from runtimes.open import open_backend
+
+    if model is None:
         from reference_model.load import load_reference
 
-        return TorchBackend(load_reference(fixture_dir))
-    if backend in ("llamacpp", "ggml"):
-        if model is None:
+        if backend in ("llamacpp", "ggml"):
             from converters.gguf_export import export_gguf
-            from reference_model.load import load_reference
 
             model = tmp / "model.gguf"
             export_gguf(load_reference(fixture_dir), model, "f32")
-        if backend == "ggml":
-            from runtimes.ggml_backend import GgmlBackend
+        else:
+            from converters.onnx_export import export_onnx
 
-            return GgmlBackend(model)
-        from runtimes.llama_backend import LlamaCppBackend
-
-        return LlamaCppBackend(model)
-    from runtimes.onnx_backend import OnnxBackend, SessionConfig
-
-    if model is None:
-        from converters.onnx_export import export_onnx
-        from reference_model.load import load_reference
-
-        model = tmp / "onnx"
-        export_onnx(load_reference(fixture_dir), model)
-    return OnnxBackend(model, SessionConfig(provider="cpu"))
+            model = tmp / "onnx"
+            export_onnx(load_reference(fixture_dir), model)
+    return open_backend(model, backend, options)
 
 
 @main.command("check-fixture")
@@ -404,8 +402,10 @@ def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: P
 @click.option("--backend", type=click.Choice(["torch", "onnx", "llamacpp", "ggml"]), default="torch", show_default=True)
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="An exported model to check (default: export the fixture's checkpoint to a temp folder).")
+@threads_option
+@n_ctx_option
 @_one_line_errors
-def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None) -> None:
+def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None, threads: int, n_ctx: int) -> None:
     """Run a golden fixture (checkpoint + recorded outputs of the original) and report per-case errors.
     Exit 1 if any case is beyond tolerance."""
     import tempfile
@@ -413,7 +413,8 @@ def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None) -> No
     from runtimes.fixture_check import check_fixture
 
     with tempfile.TemporaryDirectory() as tmp:
-        runner = _fixture_backend(fixture_dir, backend, model, Path(tmp))
+        options = BackendOptions(threads=threads, n_ctx=n_ctx, provider="cpu")
+        runner = _fixture_backend(fixture_dir, backend, model, Path(tmp), options)
         results = check_fixture(fixture_dir, runner)
     for r in results:
         click.echo(r.line())

@@ -1,0 +1,40 @@
+"""Open any torch-free backend for an exported model, in one place: the CLI, the synthesis runtime and the
+benchmark all come here, so the same options mean the same thing everywhere (`BackendOptions`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from valle_export import graphs
+from valle_export.backend_options import RUNTIME_BACKENDS, BackendOptions
+from valle_export.errors import BadInput
+
+
+def detect_kind(model: Path) -> str:
+    """`llamacpp` for a .gguf file, `onnx` for a folder with a backbone graph."""
+    model = Path(model)
+    if model.suffix == ".gguf":
+        return "llamacpp"
+    if model.is_dir() and any(model.glob("backbone*.onnx")):
+        return "onnx"
+    raise BadInput(f"not an exported model (a folder with {graphs.BACKBONE_FILE}, or a .gguf file)", model)
+
+
+def open_backend(model: Path, kind: str = "auto", options: BackendOptions = BackendOptions()):
+    """An ONNX folder or a GGUF file on onnxruntime, llama.cpp or ggml (`auto`: by what `model` is)."""
+    model = Path(model)
+    kind = detect_kind(model) if kind == "auto" else kind
+    if kind == "onnx":
+        from .onnx_backend import OnnxBackend, SessionConfig
+
+        return OnnxBackend(model, SessionConfig(provider=options.provider, threads=options.threads,
+                                                variant=options.variant))
+    if kind == "llamacpp":
+        from .llama_backend import LlamaConfig, LlamaCppBackend
+
+        return LlamaCppBackend(model, LlamaConfig(n_ctx=options.n_ctx, threads=options.threads,
+                                                  kv_type=options.kv_type, extra_bufts=options.extra_bufts))
+    if kind == "ggml":
+        from .ggml_backend import GgmlBackend
+
+        return GgmlBackend(model, options.threads, options.n_ctx)
+    raise BadInput(f"unknown backend {kind!r} (one of auto, {', '.join(RUNTIME_BACKENDS)})")
