@@ -52,7 +52,9 @@ def codec_metadata() -> dict[str, str]:
     return {graphs.META_CODEC: json.dumps(info)}
 
 
-def _export(wrapper: nn.Module, example: torch.Tensor, spec: graphs.GraphSpec, path: Path) -> None:
+def export_graph(wrapper: nn.Module, example: torch.Tensor, spec: graphs.GraphSpec, path: Path,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Legacy-exporter graph with `spec`'s names and dynamic axes, metadata (default: EnCodec's), checked."""
     import onnx
 
     axes = {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)} for t in spec.inputs + spec.outputs}
@@ -61,7 +63,7 @@ def _export(wrapper: nn.Module, example: torch.Tensor, spec: graphs.GraphSpec, p
         torch.onnx.export(wrapper, (example,), str(path), input_names=spec.input_names,
                           output_names=spec.output_names, dynamic_axes=axes, opset_version=17, dynamo=False)
     proto = onnx.load(str(path))
-    for k, v in codec_metadata().items():
+    for k, v in (codec_metadata() if metadata is None else metadata).items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path))
@@ -90,11 +92,11 @@ def export_codec_onnx(model, out_dir: Path, progress: Progress | None = None) ->
     with atomic_dir(out_dir) as tmp:
         progress.stage("exporting EnCodec encoder (audio -> codes)")
         audio = torch.randn(2, 1, EXAMPLE_FRAMES * codec.HOP) * 0.1
-        _export(EncoderWrapper(model).eval(), audio, graphs.codec_encoder_spec(codec.N_CODEBOOKS),
+        export_graph(EncoderWrapper(model).eval(), audio, graphs.codec_encoder_spec(codec.N_CODEBOOKS),
                 tmp / graphs.CODEC_ENCODER_FILE)
         progress.stage("exporting EnCodec decoder (codes -> audio)")
         codes = torch.randint(0, 1024, (2, codec.N_CODEBOOKS, EXAMPLE_FRAMES))
-        _export(DecoderWrapper(model).eval(), codes, graphs.codec_decoder_spec(codec.N_CODEBOOKS),
+        export_graph(DecoderWrapper(model).eval(), codes, graphs.codec_decoder_spec(codec.N_CODEBOOKS),
                 tmp / graphs.CODEC_DECODER_FILE)
         progress.stage("verifying against torch (7, 23, 151 frames)")
         report = verify_codec(model, tmp)

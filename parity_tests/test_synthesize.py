@@ -19,11 +19,12 @@ PHONEMES = "həlˈoʊ wˈɜːld, ðɪs ɪz ɐ tˈɛst."
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, demo_checkpoint):
-    """A SiLU segmented demo model (exact on every backend) exported to ONNX + EnCodec + GGUF."""
+    """A SiLU segmented demo model (exact on every backend) exported to ONNX + EnCodec + Vocos + GGUF (Vocos
+    written into the model's export folder, where synthesize finds it and decodes with it by default)."""
     ckpt = demo_checkpoint(*DEMO_VARIANTS[2])
     out = tmp_path_factory.mktemp("synth")
     runner = CliRunner()
-    for args in (["onnx", ckpt, out / "model"], ["encodec", out / "model"],
+    for args in (["onnx", ckpt, out / "model"], ["encodec", out / "model"], ["vocos", "-o", out / "model"],
                  ["gguf", ckpt, "-o", out / "model" / "model.f32.gguf", "--outtype", "f32"]):
         r = runner.invoke(main, [str(a) for a in args] + ["-q"])
         assert r.exit_code == 0, r.output
@@ -78,6 +79,32 @@ def test_prompt_wav_and_summary(exported, tmp_path):
     assert set(s["timings_s"]) == {"text_s", "prompt_s", "ar_s", "nar_s", "decode_s"}
     samples, rate = wav.read_wav(tmp_path / "p.wav")
     assert rate == 24000 and len(samples) == s["frames"] * 320
+
+
+def test_decoder_choice(exported, tmp_path):
+    """Vocos by default when its graph is beside the model (as the original), EnCodec on request: the same
+    codes, the same length, different audio; the summary names the decoder."""
+    from runtimes.synthesize import find_codec
+
+    _, model = exported
+    args = ["--phonemes", PHONEMES, "--max-duration", "1", "--seed", "2", "--float-wav"]
+    default = run(model, tmp_path / "default.wav", *args)
+    voc = run(model, tmp_path / "vocos.wav", *args, "--decoder", "vocos")
+    enc = run(model, tmp_path / "encodec.wav", *args, "--decoder", "encodec")
+    assert (default["decoder"], voc["decoder"], enc["decoder"]) == ("vocos", "vocos", "encodec")
+    audio = {k: wav.read_wav(tmp_path / f"{k}.wav")[0][:, 0] for k in ("default", "vocos", "encodec")}
+    assert np.array_equal(audio["default"], audio["vocos"])
+    assert len(audio["vocos"]) == len(audio["encodec"]) == 320 * voc["frames"] == 320 * enc["frames"]
+    assert np.abs(audio["vocos"] - audio["encodec"]).max() > 0.01
+    codec = find_codec(model, None)
+    assert codec.decoder.name == "vocos" and codec.decoder.min_frames == 1
+    assert codec.decode(np.zeros((8, 1), np.int64)).shape == (320,)  # no 7-frame minimum with Vocos
+    (tmp_path / "encodec_only").mkdir()
+    (tmp_path / "encodec_only" / "encodec_encoder.onnx").write_bytes(b"stand-in")
+    assert find_codec(model, None, "encodec").decoder.name == "encodec"
+    r = CliRunner().invoke(main, ["synthesize", str(model), "--phonemes", "a", "--codec", str(tmp_path / "encodec_only"),
+                                  "--decoder", "vocos", "--out", str(tmp_path / "o.wav")])
+    assert_one_line_error(r, "no vocos_decoder.onnx", "valle-export vocos -o")
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is installed by scripts/system_deps.sh")

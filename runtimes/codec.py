@@ -1,4 +1,4 @@
-"""EnCodec on numpy + onnxruntime: WAV prompt -> codes, codes -> WAV, with no torch.
+"""EnCodec (and Vocos) on numpy + onnxruntime: WAV prompt -> codes, codes -> WAV, with no torch.
 
 Codes are codebook-major [8, frames] here (EnCodec's own order); the VALL-E pipeline uses frame-major
 [frames, 8] (`prompt_codes` converts). A prompt is resampled to 24 kHz mono, encoded, then trimmed or
@@ -19,33 +19,74 @@ DEFAULT_PROMPT_SECONDS = 3.0
 # as with the whole file, so trimming before resampling does not change the prompt's codes
 PROMPT_CONTEXT_SECONDS = 1.0
 MIN_DECODE_FRAMES = 7  # reflect padding needs >= 7 frames in both directions (encodec.cpp has the same limit)
+CODES_PER_BOOK = 1024
 
 
-class OnnxCodec:
-    def __init__(self, folder: str | Path, provider: str = "auto", threads: int = 0):
-        import onnxruntime as ort
+def _session(path: Path, provider: str, threads: int, hint: str):
+    """An onnxruntime session of one graph; a missing or unloadable file is one line naming it."""
+    import onnxruntime as ort
 
-        from .onnx_backend import _providers
+    from .onnx_backend import _providers
 
-        folder = Path(folder)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        self.sessions = {}
-        for kind, name in (("encoder", graphs.CODEC_ENCODER_FILE), ("decoder", graphs.CODEC_DECODER_FILE)):
-            path = folder / name
-            if not path.is_file():
-                raise BadInput(f"no {name} (export it with `valle-export encodec`)", folder)
-            try:
-                self.sessions[kind] = ort.InferenceSession(str(path), opts, providers=_providers(provider))
-            except Exception as err:  # onnxruntime's untyped load errors
-                raise BadInput(f"onnxruntime cannot load the graph ({str(err).splitlines()[0][:200]})", path) from None
-        meta = self.sessions["decoder"].get_modelmeta().custom_metadata_map
-        info = json.loads(meta.get(graphs.META_CODEC, "{}"))
+    if not path.is_file():
+        raise BadInput(f"no {path.name} (export it with `{hint}`)", path.parent)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=_providers(provider))
+    except Exception as err:  # onnxruntime's untyped load errors
+        raise BadInput(f"onnxruntime cannot load the graph ({str(err).splitlines()[0][:200]})", path) from None
+
+
+class OnnxDecoder:
+    """One codes -> audio graph: EnCodec's decoder or Vocos (the same interface, `graphs.codec_decoder_spec`).
+    What it is and what it needs (codebooks, minimum frames, rates) comes from its metadata; EnCodec graphs
+    written before the "decoder" / "min_frames" keys existed get EnCodec's values."""
+
+    def __init__(self, path: str | Path, provider: str = "auto", threads: int = 0):
+        path = Path(path)
+        hint = "valle-export vocos -o DIR" if path.name == graphs.VOCOS_DECODER_FILE else "valle-export encodec DIR"
+        self.session = _session(path, provider, threads, hint)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            info = json.loads(meta.get(graphs.META_CODEC, "{}"))
+        except ValueError:
+            raise BadInput(f"{graphs.META_CODEC} metadata is not JSON", path) from None
+        self.name = str(info.get("decoder", "encodec"))
         self.sample_rate = int(info.get("sample_rate", 24000))
         self.frame_rate = int(info.get("frame_rate", 75))
         self.codebooks = int(info.get("codebooks", 8))
         self.hop = int(info.get("hop", 320))
+        self.min_frames = int(info.get("min_frames", MIN_DECODE_FRAMES))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Codes [codebooks, frames] -> mono float32 audio [frames * hop]; batched [B, codebooks, frames] ->
+        [B, frames * hop]."""
+        codes = np.asarray(codes)
+        if codes.ndim not in (2, 3) or codes.shape[-2] != self.codebooks:
+            raise BadInput(f"codes must be [{self.codebooks}, frames], got {codes.shape}")
+        if codes.shape[-1] < self.min_frames:
+            raise BadInput(f"the ONNX {self.name} decoder needs at least {self.min_frames} frames, "
+                           f"got {codes.shape[-1]}")
+        if codes.min() < 0 or codes.max() >= CODES_PER_BOOK:
+            raise BadInput(f"codes out of range 0..{CODES_PER_BOOK - 1}: {codes.min()}..{codes.max()}")
+        batch = codes.astype(np.int64) if codes.ndim == 3 else codes.astype(np.int64)[None]
+        audio = self.session.run(None, {"codes": batch})[0][:, 0]
+        return audio if codes.ndim == 3 else audio[0]
+
+
+class OnnxCodec:
+    """EnCodec's encoder (prompts are always EnCodec codes, as in the original) with a decoder of choice."""
+
+    def __init__(self, folder: str | Path, provider: str = "auto", threads: int = 0, decoder: str = "encodec"):
+        folder = Path(folder)
+        if decoder not in graphs.DECODER_FILES:
+            raise BadInput(f"unknown decoder {decoder!r} ({', '.join(graphs.DECODER_FILES)})")
+        self.encoder = _session(folder / graphs.CODEC_ENCODER_FILE, provider, threads, "valle-export encodec DIR")
+        self.decoder = OnnxDecoder(folder / graphs.DECODER_FILES[decoder], provider, threads)
+        self.sample_rate, self.frame_rate = self.decoder.sample_rate, self.decoder.frame_rate
+        self.codebooks, self.hop = self.decoder.codebooks, self.decoder.hop
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """Mono float32 audio at `sample_rate` [N] -> codes [codebooks, ceil(N / hop)] int64."""
@@ -57,18 +98,11 @@ class OnnxCodec:
                            f"{MIN_DECODE_FRAMES * self.hop} samples, {MIN_DECODE_FRAMES / self.frame_rate:.3f} s)")
         if not np.isfinite(audio).all():
             raise BadInput("audio contains NaN or infinite samples")
-        return self.sessions["encoder"].run(None, {"audio": audio[None, None]})[0][0]
+        return self.encoder.run(None, {"audio": audio[None, None]})[0][0]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Codes [codebooks, frames] -> mono float32 audio [frames * hop]."""
-        codes = np.asarray(codes, dtype=np.int64)
-        if codes.ndim != 2 or codes.shape[0] != self.codebooks:
-            raise BadInput(f"codes must be [{self.codebooks}, frames], got {codes.shape}")
-        if codes.shape[1] < MIN_DECODE_FRAMES:
-            raise BadInput(f"the ONNX decoder needs at least {MIN_DECODE_FRAMES} frames, got {codes.shape[1]}")
-        if codes.min() < 0 or codes.max() >= 1024:
-            raise BadInput(f"codes out of range 0..1023: {codes.min()}..{codes.max()}")
-        return self.sessions["decoder"].run(None, {"codes": codes[None]})[0][0, 0]
+        """Codes [codebooks, frames] -> mono float32 audio [frames * hop], with the chosen decoder."""
+        return self.decoder.decode(codes)
 
     def prompt_codes(self, path: str | Path, seconds: float = DEFAULT_PROMPT_SECONDS) -> np.ndarray:
         """A WAV prompt as VALL-E prompt codes, frame-major [frames, codebooks], trimmed or repeated."""

@@ -65,16 +65,26 @@ def tokenizer_json(model: Path, backend) -> str | None:
 
 
 def codec_folder(model: Path, codec_dir: Path | None) -> Path:
-    """Where the EnCodec graphs are read from: `--codec`, else the model's folder."""
+    """Where the codec graphs (EnCodec's, and Vocos's when exported) are read from: `--codec`, else the
+    model's folder."""
     return codec_dir or (model if model.is_dir() else model.parent)
 
 
-def find_codec(model: Path, codec_dir: Path | None) -> OnnxCodec:
+def default_decoder(folder: Path) -> str:
+    """Vocos when its graph is there (the original decodes with Vocos), else EnCodec."""
+    return "vocos" if (folder / graphs.VOCOS_DECODER_FILE).is_file() else "encodec"
+
+
+def find_codec(model: Path, codec_dir: Path | None, decoder: str | None = None) -> OnnxCodec:
     folder = codec_folder(model, codec_dir)
-    if not (folder / graphs.CODEC_DECODER_FILE).is_file():
+    if not (folder / graphs.CODEC_ENCODER_FILE).is_file():
         raise BadInput(f"no EnCodec graphs here; export them with `valle-export encodec {folder}` or pass --codec",
                        folder)
-    return OnnxCodec(folder)
+    decoder = decoder or default_decoder(folder)
+    if decoder == "vocos" and not (folder / graphs.VOCOS_DECODER_FILE).is_file():
+        raise BadInput(f"no {graphs.VOCOS_DECODER_FILE} here for --decoder vocos; export it with "
+                       f"`valle-export vocos -o {folder}`", folder)
+    return OnnxCodec(folder, decoder=decoder)
 
 
 def phoneme_ids(inp: TextInput, model: Path, backend) -> np.ndarray:
@@ -100,8 +110,6 @@ def _pad_for_decoder(codes: np.ndarray, minimum: int) -> np.ndarray:
 def synthesize(backend, codec: OnnxCodec, inp: TextInput, model: Path, prompt_wav: Path | None,
                settings: SynthesisSettings, progress: Progress) -> tuple[np.ndarray, np.ndarray, dict]:
     """Returns (audio [samples], codes [frames, levels], summary)."""
-    from .codec import MIN_DECODE_FRAMES
-
     if settings.modality not in MODALITIES:
         raise BadInput(f"--modality must be one of {', '.join(MODALITIES)}")
     timings, t = {}, time.perf_counter()
@@ -138,13 +146,14 @@ def synthesize(backend, codec: OnnxCodec, inp: TextInput, model: Path, prompt_wa
     codes = generate_nar(backend, cond, codes0, settings.nar, rng)
     timings["nar_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    progress.stage("EnCodec decode")
-    audio = codec.decode(_pad_for_decoder(codes, MIN_DECODE_FRAMES).T)[: len(codes) * codec.hop]
+    progress.stage(f"{codec.decoder.name} decode")
+    audio = codec.decode(_pad_for_decoder(codes, codec.decoder.min_frames).T)[: len(codes) * codec.hop]
     timings["decode_s"] = time.perf_counter() - t
     total = sum(timings.values())
     seconds = len(audio) / codec.sample_rate
     summary = {"backend": backend.name, "exact": bool(getattr(backend, "exact", True)),
                "approximation": getattr(backend, "approximation", ""), "modality": settings.modality,
+               "decoder": codec.decoder.name,
                "frames": int(len(codes)), "audio_s": round(seconds, 3),
                "timings_s": {k: round(v, 4) for k, v in timings.items()}, "total_s": round(total, 4),
                "rtf": round(total / seconds, 4) if seconds else None, "phonemes": int(len(phn))}

@@ -17,12 +17,13 @@ echo "== 1. the default checkpoint (native format), its uniform HF folder, and t
 valle-export convert demo/ckpt demo/uniform -q
 valle-export check-fixture parity_tests/fixtures/mrq-public | tail -1
 
-echo "== 2. export: ONNX backbone + EnCodec graphs + GGUF, each verified against the reference =="
+echo "== 2. export: ONNX backbone + EnCodec graphs + Vocos decoder + GGUF, each verified against the reference =="
 valle-export onnx demo/ckpt demo/model
 valle-export encodec demo/model -q
+valle-export vocos -o demo/model -q
 valle-export gguf demo/ckpt -o demo/model/model.f16.gguf --outtype f16
 
-echo "== 3. synthesize on ONNX (exact) =="
+echo "== 3. synthesize on ONNX (exact; decoded with Vocos, as the original) =="
 valle-export synthesize demo/model --text "$TEXT" --out demo/onnx.wav --seed 0 --max-duration 4
 
 echo "== 4. stock llama.cpp on the same model: every pass runs (relabelling; tanh GELU + f16: approximate) =="

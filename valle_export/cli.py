@@ -247,6 +247,9 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 @click.option("--modality", type=click.Choice(["ar+nar", "nar-len"]), default="ar+nar", show_default=True)
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with the EnCodec graphs (default: beside MODEL).")
+@click.option("--decoder", type=click.Choice(["vocos", "encodec"]), default=None,
+              help="Codes -> audio (default: vocos when vocos_decoder.onnx is in the codec folder, as the "
+                   "original; else encodec). Prompts are always encoded with EnCodec.")
 @click.option("--max-duration", type=opt.DURATION, default=12.0, show_default=True, help="Seconds.")
 @click.option("--ar-temperature", type=opt.TEMPERATURE, default=1.0, show_default=True, help="0 = greedy.")
 @click.option("--nar-temperature", type=opt.TEMPERATURE, default=0.0, show_default=True)
@@ -268,9 +271,9 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 @quiet_option
 @_one_line_errors
 def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, backend, modality, codec_dir,
-                   max_duration, ar_temperature, nar_temperature, top_k, top_p, min_p, top_no, repetition_penalty,
-                   length_penalty, demask_steps, cfg_strength, seed, threads, n_ctx, kv_type, float_wav,
-                   as_json, quiet) -> None:
+                   decoder, max_duration, ar_temperature, nar_temperature, top_k, top_p, min_p, top_no,
+                   repetition_penalty, length_penalty, demask_steps, cfg_strength, seed, threads, n_ctx, kv_type,
+                   float_wav, as_json, quiet) -> None:
     """Speak TEXT with MODEL (an exported ONNX folder or a GGUF file) and write a WAV."""
     import json
 
@@ -288,7 +291,7 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, 
     progress.stage(f"loading {model} ({backend})")
     runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads,
                                                                                             kv_type, n_ctx)
-    codec = synth.find_codec(model, codec_dir)
+    codec = synth.find_codec(model, codec_dir, decoder)
     filters = dict(top_k=top_k, top_p=top_p, min_p=min_p, top_no=top_no)
     settings = synth.SynthesisSettings(
         modality=modality, max_duration=max_duration,
@@ -305,7 +308,7 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, 
         click.echo(json.dumps(summary))
     elif not quiet:
         rows = [(k.removesuffix("_s"), f"{v:.3f} s") for k, v in summary["timings_s"].items()]
-        rows += [("total", f"{summary['total_s']:.3f} s"), ("audio", f"{summary['audio_s']:.2f} s "
+        rows += [("decoder", summary["decoder"]), ("total", f"{summary['total_s']:.3f} s"), ("audio", f"{summary['audio_s']:.2f} s "
                  f"({summary['frames']} frames)"), ("real-time factor", f"{summary['rtf']}")]
         for k, v in rows:
             click.echo(f"  {k:18s} {v}", err=True)
@@ -335,6 +338,33 @@ def encodec_cmd(paths: tuple[Path, ...], seed: int, quiet: bool) -> None:
 
     export_codec_onnx(load_codec(weights, seed), out_dir, progress)
     progress.stage(f"wrote {out_dir}")
+
+
+@main.command("vocos")
+@click.argument("weights", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", type=opt.OUTPUT, required=True,
+              help="Folder for vocos_decoder.onnx: the model's export folder (synthesize then decodes with it) "
+                   "or a codec folder.")
+@click.option("--levels", type=opt.CODEBOOK_LEVELS, default=8, show_default=True,
+              help="Codebooks per frame; fixes the bandwidth id as the original (2 -> 0, 4 -> 1, else 2).")
+@click.option("--seed", type=opt.SEED, default=0, show_default=True, help="Seed of the random default (no WEIGHTS).")
+@quiet_option
+@_one_line_errors
+def vocos_cmd(weights: Path | None, out_dir: Path, levels: int, seed: int, quiet: bool) -> None:
+    """Export Vocos (the original's default decoder) as vocos_decoder.onnx, codes -> audio with the inverse
+    STFT inside, verified against torch. WEIGHTS: the released `pytorch_model.bin` of
+    charactr/vocos-encodec-24khz (its config.yaml beside it is checked) or their folder; without it, seeded
+    random weights whose codebooks are those of `valle-export encodec`'s default of the same seed."""
+    from . import graphs
+
+    check_output(out_dir, [weights], folder=True, refused_kinds=_NOT_FOR_ONNX)
+    progress = Progress(quiet)
+    progress.stage(f"loading Vocos ({weights or f'random weights, seed {seed}'})")
+    from converters.vocos_onnx import export_vocos_onnx
+    from reference_model.vocos import load_vocos
+
+    export_vocos_onnx(load_vocos(weights, seed), out_dir, levels, progress)
+    progress.stage(f"wrote {out_dir / graphs.VOCOS_DECODER_FILE}")
 
 
 @main.command("encodec-cpp")

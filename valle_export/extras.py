@@ -11,6 +11,7 @@ OPTIONAL_MODULES: dict[str, str] = {
     "transformers": "export",
     "onnx": "export",
     "onnxscript": "export",
+    "yaml": "export",
     "llama_cpp": "llamacpp",
     "ggml": "ggml",
 }

@@ -88,7 +88,18 @@ def codec_encoder_spec(codebooks: int) -> GraphSpec:
                      (TensorSpec("codes", INT64, ("batch", codebooks, "frames")),))
 
 
-def codec_decoder_spec(codebooks: int) -> GraphSpec:
+def codec_decoder_spec(codebooks: int, name: str = "encodec_decoder") -> GraphSpec:
     """codes, codebook-major -> 24 kHz mono audio (samples = frames * hop)."""
-    return GraphSpec("encodec_decoder", (TensorSpec("codes", INT64, ("batch", codebooks, "frames")),),
+    return GraphSpec(name, (TensorSpec("codes", INT64, ("batch", codebooks, "frames")),),
                      (TensorSpec("audio", FLOAT, ("batch", 1, "samples")),))
+
+
+# --- Vocos (the original's default decoder) ---------------------------------------------------------------
+# The same interface as the EnCodec decoder, so either graph decodes the same codes. Its META_CODEC JSON adds
+# "decoder": "vocos", the bandwidth id, n_fft and "min_frames" (1; EnCodec's graphs need 7 and predate the key).
+VOCOS_DECODER_FILE = "vocos_decoder.onnx"
+DECODER_FILES = {"vocos": VOCOS_DECODER_FILE, "encodec": CODEC_DECODER_FILE}  # --decoder choice -> graph
+
+
+def vocos_decoder_spec(codebooks: int) -> GraphSpec:
+    return codec_decoder_spec(codebooks, "vocos_decoder")

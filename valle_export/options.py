@@ -17,6 +17,7 @@ MAX_DURATION_S = 300.0  # the same 5 minutes, in seconds
 MIN_DURATION_S = 0.1  # below this no frame fits (75 frames/s), and the model would "stop" before starting
 MAX_DEMASK_STEPS = 1000
 MAX_N_CTX = 1 << 20
+MAX_CODEBOOK_LEVELS = 16  # EnCodec 24 kHz at 12 kbps: the most codebooks the Vocos feature table holds
 
 
 class FiniteFloat(click.FloatRange):
@@ -52,6 +53,7 @@ DEMASK_STEPS = click.IntRange(1, MAX_DEMASK_STEPS)
 OPSET = click.IntRange(18, 23)
 LANG_ID = click.IntRange(0, 255)
 N_CTX = click.IntRange(16, MAX_N_CTX)
+CODEBOOK_LEVELS = click.IntRange(1, MAX_CODEBOOK_LEVELS)
 DURATION = FiniteFloat(MIN_DURATION_S, MAX_DURATION_S)
 TEMPERATURE = FiniteFloat(0.0, None)
 PROBABILITY = FiniteFloat(0.0, 1.0)

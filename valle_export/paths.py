@@ -17,7 +17,7 @@ from typing import Iterable
 from . import names
 from .errors import BadInput
 
-CODEC_FILES = ("encodec_encoder.onnx", "encodec_decoder.onnx")
+CODEC_FILES = ("encodec_encoder.onnx", "encodec_decoder.onnx", "vocos_decoder.onnx")
 # Files that make a folder a model (read by some command): never overwritten when their folder is an input.
 # Anything else in an input folder (a WAV, a GGUF written beside a checkpoint) may be replaced.
 MODEL_FILE_NAMES = frozenset({names.CHECKPOINT_SFT, names.CHECKPOINT_PTH, names.TOKENIZER_FILE,
@@ -32,7 +32,7 @@ class FolderKind(str, enum.Enum):
     CHECKPOINT = "a checkpoint folder"  # fp32.sft / fp32.pth of the original
     UNIFORM = "a uniform folder"  # `valle-export convert`: config.json + model.safetensors + valle_layout.json
     ONNX = "an ONNX export folder"  # `valle-export onnx`: backbone*.onnx + valle_layout.json
-    CODEC = "an EnCodec ONNX folder"  # `valle-export encodec` alone: encodec_*.onnx
+    CODEC = "an EnCodec ONNX folder"  # `valle-export encodec` / `vocos` alone: encodec_*.onnx, vocos_decoder.onnx
     HF_CODEC = "a transformers EnCodec folder"  # config.json with model_type "encodec"
     EMPTY = "an empty folder"
     OTHER = "a folder"
