@@ -46,13 +46,16 @@ class DecoderWrapper(nn.Module):
         return self.model.decoder(self.model.quantizer.decode(codes.transpose(0, 1)))
 
 
-def codec_metadata() -> dict[str, str]:
+def codec_metadata(random_weights: bool = False) -> dict[str, str]:
+    """`random_weights` marks a codec exported without weights: synthesis warns that its audio is noise."""
     info = {"sample_rate": codec.SAMPLE_RATE, "frame_rate": codec.SAMPLE_RATE // codec.HOP,
-            "codebooks": codec.N_CODEBOOKS, "bandwidth_kbps": codec.BANDWIDTH_KBPS, "hop": codec.HOP}
+            "codebooks": codec.N_CODEBOOKS, "bandwidth_kbps": codec.BANDWIDTH_KBPS, "hop": codec.HOP,
+            "random_weights": random_weights}
     return {graphs.META_CODEC: json.dumps(info)}
 
 
-def _export(wrapper: nn.Module, example: torch.Tensor, spec: graphs.GraphSpec, path: Path) -> None:
+def _export(wrapper: nn.Module, example: torch.Tensor, spec: graphs.GraphSpec, path: Path,
+            random_weights: bool = False) -> None:
     import onnx
 
     axes = {t.name: {i: d for i, d in enumerate(t.dims) if isinstance(d, str)} for t in spec.inputs + spec.outputs}
@@ -61,7 +64,7 @@ def _export(wrapper: nn.Module, example: torch.Tensor, spec: graphs.GraphSpec, p
         torch.onnx.export(wrapper, (example,), str(path), input_names=spec.input_names,
                           output_names=spec.output_names, dynamic_axes=axes, opset_version=17, dynamo=False)
     proto = onnx.load(str(path))
-    for k, v in codec_metadata().items():
+    for k, v in codec_metadata(random_weights).items():
         proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path))
@@ -85,17 +88,18 @@ def verify_codec(model, folder: Path) -> dict[str, float]:
     return {"decoder_rel": worst_wave, "encoder_code_mismatches": code_mismatch}
 
 
-def export_codec_onnx(model, out_dir: Path, progress: Progress | None = None) -> dict[str, float]:
+def export_codec_onnx(model, out_dir: Path, progress: Progress | None = None,
+                      random_weights: bool = False) -> dict[str, float]:
     progress = progress or Progress(quiet=True)
     with atomic_dir(out_dir) as tmp:
         progress.stage("exporting EnCodec encoder (audio -> codes)")
         audio = torch.randn(2, 1, EXAMPLE_FRAMES * codec.HOP) * 0.1
         _export(EncoderWrapper(model).eval(), audio, graphs.codec_encoder_spec(codec.N_CODEBOOKS),
-                tmp / graphs.CODEC_ENCODER_FILE)
+                tmp / graphs.CODEC_ENCODER_FILE, random_weights)
         progress.stage("exporting EnCodec decoder (codes -> audio)")
         codes = torch.randint(0, 1024, (2, codec.N_CODEBOOKS, EXAMPLE_FRAMES))
         _export(DecoderWrapper(model).eval(), codes, graphs.codec_decoder_spec(codec.N_CODEBOOKS),
-                tmp / graphs.CODEC_DECODER_FILE)
+                tmp / graphs.CODEC_DECODER_FILE, random_weights)
         progress.stage("verifying against torch (7, 23, 151 frames)")
         report = verify_codec(model, tmp)
         progress.stage(f"decoder waveform relative error {report['decoder_rel']:.2e} (bound {DECODER_REL_BOUND:g}), "

@@ -67,10 +67,12 @@ def test_max_duration_and_demask_steps_zero_are_option_errors(tmp_path, monkeypa
         assert "stopped" not in line and "token id" not in line
 
 
-def test_unknown_language_is_not_an_espeak_problem(tmp_path, demo_checkpoint):
+def test_unknown_text_language_is_refused_before_loading(tmp_path, demo_checkpoint):
+    """An unknown --lang is token 0 (as the original); a text language espeak-ng lacks fails before any load."""
     line = refused([tmp_path, demo_checkpoint()], "synthesize", demo_checkpoint(), "--backend", "torch", "--text",
-                   "hello", "--lang", "xx", "--out", tmp_path / "o.wav", "-q", needles=("unknown language 'xx'",))
-    assert "espeak" not in line
+                   "hello", "--lang", "xx", "--out", tmp_path / "o.wav", "-q",
+                   needles=("does not know text language 'xx'",))
+    assert "loading" not in line and "Traceback" not in line
 
 
 # --- missing optional dependencies ------------------------------------------------------------------------

@@ -25,6 +25,13 @@ class TorchBackend:
     def logits(self, spec: PassSpec) -> np.ndarray:
         return self.model.pass_logits(spec).numpy()
 
+    def cache_state(self) -> tuple:
+        """The KV cache as an opaque value (a fresh DynamicCache per prefill, so two sequences never share)."""
+        return self._cache, self._cached
+
+    def set_cache_state(self, state: tuple) -> None:
+        self._cache, self._cached = state
+
     @torch.no_grad()
     def prefill(self, spec: PassSpec) -> np.ndarray:
         self._cache = DynamicCache(config=self.model.llama.config)

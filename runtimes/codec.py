@@ -28,6 +28,7 @@ class OnnxCodec:
         from .onnx_backend import _providers
 
         folder = Path(folder)
+        self.folder = folder
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
@@ -46,6 +47,7 @@ class OnnxCodec:
         self.frame_rate = int(info.get("frame_rate", 75))
         self.codebooks = int(info.get("codebooks", 8))
         self.hop = int(info.get("hop", 320))
+        self.random_weights = bool(info.get("random_weights", False))  # exported without weights (a demo)
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """Mono float32 audio at `sample_rate` [N] -> codes [codebooks, ceil(N / hop)] int64."""
@@ -71,10 +73,13 @@ class OnnxCodec:
         return self.sessions["decoder"].run(None, {"codes": codes[None]})[0][0, 0]
 
     def prompt_codes(self, path: str | Path, seconds: float = DEFAULT_PROMPT_SECONDS) -> np.ndarray:
-        """A WAV prompt as VALL-E prompt codes, frame-major [frames, codebooks], trimmed or repeated."""
-        audio = wav.load_audio(path, self.sample_rate, max_seconds=seconds + PROMPT_CONTEXT_SECONDS)
-        codes = self.encode(audio).T
-        return fit_frames(codes, int(round(seconds * self.frame_rate)))
+        """An audio prompt as VALL-E prompt codes, frame-major [frames, codebooks], trimmed or repeated to
+        `seconds` (0 = the whole clip)."""
+        from valle_export.audio import load_audio
+
+        whole = seconds <= 0
+        codes = self.encode(load_audio(path, self.sample_rate, None if whole else seconds + PROMPT_CONTEXT_SECONDS)).T
+        return codes if whole else fit_frames(codes, int(round(seconds * self.frame_rate)))
 
     def write(self, path: str | Path, codes: np.ndarray, float32: bool = False) -> Path:
         """Decode codebook-major codes and write a WAV atomically."""

@@ -162,6 +162,13 @@ class OnnxBackend:
         hidden, _ = self.hidden(spec.rows, spec.positions, spec.causal)
         return self.weights.head_logits(hidden[spec.out_start:], self.layout, spec.head)
 
+    def cache_state(self) -> tuple:
+        """The KV cache as an opaque value: a second sequence (the null input of AR guidance) keeps its own."""
+        return self._past, self._cached
+
+    def set_cache_state(self, state: tuple) -> None:
+        self._past, self._cached = state
+
     def prefill(self, spec: seq.PassSpec) -> np.ndarray:
         self._past, self._cached = None, 0
         return self.extend(spec)

@@ -16,6 +16,8 @@ MAX_FRAMES = 75 * 60 * 5  # 5 minutes of EnCodec frames: the original's max_posi
 MAX_DURATION_S = 300.0  # the same 5 minutes, in seconds
 MIN_DURATION_S = 0.1  # below this no frame fits (75 frames/s), and the model would "stop" before starting
 MAX_DEMASK_STEPS = 1000
+MAX_CONTEXT_PIECES = 1000
+MAX_DRY_LENGTH = 50  # the original's DRY match length stops at max(allowed_length, 50)
 
 
 class FiniteFloat(click.FloatRange):
@@ -56,4 +58,7 @@ PROBABILITY = FiniteFloat(0.0, 1.0)
 NON_NEGATIVE = FiniteFloat(0.0, None)
 PENALTY = FiniteFloat(0.0, None, min_open=True)
 FINITE = FiniteFloat(None, None)
+PROMPT_SECONDS = FiniteFloat(0.0, MAX_DURATION_S)  # 0 = the whole clip
+CONTEXT_PIECES = click.IntRange(0, MAX_CONTEXT_PIECES)
+DRY_LENGTH = click.IntRange(1, MAX_DRY_LENGTH)
 OUTPUT = OutputPath()
