@@ -46,9 +46,11 @@ class DecoderWrapper(nn.Module):
         return self.model.decoder(self.model.quantizer.decode(codes.transpose(0, 1)))
 
 
-def codec_metadata() -> dict[str, str]:
+def codec_metadata(random_weights: bool = False) -> dict[str, str]:
+    """`random_weights` marks a codec exported without weights: synthesis warns that its audio is noise."""
     info = {"sample_rate": codec.SAMPLE_RATE, "frame_rate": codec.SAMPLE_RATE // codec.HOP,
-            "codebooks": codec.N_CODEBOOKS, "bandwidth_kbps": codec.BANDWIDTH_KBPS, "hop": codec.HOP}
+            "codebooks": codec.N_CODEBOOKS, "bandwidth_kbps": codec.BANDWIDTH_KBPS, "hop": codec.HOP,
+            "random_weights": random_weights}
     return {graphs.META_CODEC: json.dumps(info)}
 
 
@@ -87,17 +89,18 @@ def verify_codec(model, folder: Path) -> dict[str, float]:
     return {"decoder_rel": worst_wave, "encoder_code_mismatches": code_mismatch}
 
 
-def export_codec_onnx(model, out_dir: Path, progress: Progress | None = None) -> dict[str, float]:
+def export_codec_onnx(model, out_dir: Path, progress: Progress | None = None,
+                      random_weights: bool = False) -> dict[str, float]:
     progress = progress or Progress(quiet=True)
     with atomic_dir(out_dir) as tmp:
         progress.stage("exporting EnCodec encoder (audio -> codes)")
         audio = torch.randn(2, 1, EXAMPLE_FRAMES * codec.HOP) * 0.1
         export_graph(EncoderWrapper(model).eval(), audio, graphs.codec_encoder_spec(codec.N_CODEBOOKS),
-                tmp / graphs.CODEC_ENCODER_FILE)
+                tmp / graphs.CODEC_ENCODER_FILE, codec_metadata(random_weights))
         progress.stage("exporting EnCodec decoder (codes -> audio)")
         codes = torch.randint(0, 1024, (2, codec.N_CODEBOOKS, EXAMPLE_FRAMES))
         export_graph(DecoderWrapper(model).eval(), codes, graphs.codec_decoder_spec(codec.N_CODEBOOKS),
-                tmp / graphs.CODEC_DECODER_FILE)
+                tmp / graphs.CODEC_DECODER_FILE, codec_metadata(random_weights))
         progress.stage("verifying against torch (7, 23, 151 frames)")
         report = verify_codec(model, tmp)
         progress.stage(f"decoder waveform relative error {report['decoder_rel']:.2e} (bound {DECODER_REL_BOUND:g}), "

@@ -21,6 +21,14 @@ BAD_NUMBERS = [
     *[(SYNTH, "--demask-steps", v) for v in ("0", "-3", "100000", "1.5")],
     *[(SYNTH, "--cfg-strength", v) for v in ("-1", "nan", "inf")],
     *[(SYNTH, "--seed", v) for v in ("-1", str(2 ** 63), str(2 ** 64), "1.5")],
+    *[(SYNTH, "--prompt-seconds", v) for v in ("-1", "nan", "inf", "1e9")],
+    *[(SYNTH, "--context-history", v) for v in ("-1", "1.5", "100000")],
+    *[(SYNTH, "--cfg-rescale", v) for v in ("-0.1", "2", "nan")],
+    *[(SYNTH, "--repetition-penalty-decay", v) for v in ("nan", "inf")],
+    *[(SYNTH, "--dry-multiplier", v) for v in ("-1", "nan", "inf")],
+    *[(SYNTH, "--dry-base", v) for v in ("0", "-1", "nan")],
+    *[(SYNTH, "--dry-allowed-length", v) for v in ("0", "51", "2.5")],
+    *[(["voice", "a.wav", "-o", "v.npz", "--codec", "c"], "--prompt-seconds", v) for v in ("-1", "nan")],
     *[(SYNTH, "--threads", v) for v in ("-1", "100000", "x")],
     *[(["demo-checkpoint", "d"], "--seed", v) for v in ("-1", str(2 ** 63))],
     *[(["encodec", "o"], "--seed", v) for v in ("-5", str(2 ** 70))],
@@ -45,6 +53,10 @@ def test_numeric_option_out_of_range(tmp_path, monkeypatch, base, option, value)
     (["demo-checkpoint", "d", "--size", "huge"], "'huge' is not one of 'tiny', 'full'"),
     (["gguf", "ck", "--outtype", "q3"], "'q3' is not one of"),
     (["synthesize", "m", "--backend", "tensorflow"], "'tensorflow' is not one of"),
+    (["synthesize", "m", "--variant", "int4"], "'int4' is not one of"),
+    (["synthesize", "m", "--format", "mp3"], "'mp3' is not one of"),
+    (["synthesize", "m", "--modality", "nar"], "'nar' is not one of"),
+    (["voice", "a.wav"], "Missing option '-o'"),
     (["onnx", "ck", "o", "--frobnicate"], "No such option '--frobnicate'"),
     (["convert"], "Missing argument 'CKPT'"),
     (["convert", "ck"], "Missing argument 'OUT_DIR'"),
@@ -67,10 +79,12 @@ def test_max_duration_and_demask_steps_zero_are_option_errors(tmp_path, monkeypa
         assert "stopped" not in line and "token id" not in line
 
 
-def test_unknown_language_is_not_an_espeak_problem(tmp_path, demo_checkpoint):
+def test_unknown_text_language_is_refused_before_loading(tmp_path, demo_checkpoint):
+    """An unknown --lang is token 0 (as the original); a text language espeak-ng lacks fails before any load."""
     line = refused([tmp_path, demo_checkpoint()], "synthesize", demo_checkpoint(), "--backend", "torch", "--text",
-                   "hello", "--lang", "xx", "--out", tmp_path / "o.wav", "-q", needles=("unknown language 'xx'",))
-    assert "espeak" not in line
+                   "hello", "--lang", "xx", "--out", tmp_path / "o.wav", "-q",
+                   needles=("does not know text language 'xx'",))
+    assert "loading" not in line and "Traceback" not in line
 
 
 # --- missing optional dependencies ------------------------------------------------------------------------

@@ -76,7 +76,9 @@ def test_prompt_wav_and_summary(exported, tmp_path):
     s = run(model, tmp_path / "p.wav", "--phonemes", PHONEMES, "--prompt", str(tmp_path / "prompt.wav"),
             "--max-duration", "1", "--seed", "0")
     assert s["timings_s"]["prompt_s"] > 0 and s["audio_s"] == pytest.approx(s["frames"] / 75)
-    assert set(s["timings_s"]) == {"text_s", "prompt_s", "ar_s", "nar_s", "decode_s"}
+    # --modality auto (the default) runs NAR-len on a model with the len capability, as the original
+    assert s["modality"] == "nar-len", s["modality"]
+    assert set(s["timings_s"]) == {"text_s", "prompt_s", "len_s", "demask_s", "nar_s", "decode_s"}
     samples, rate = wav.read_wav(tmp_path / "p.wav")
     assert rate == 24000 and len(samples) == s["frames"] * 320
 
@@ -140,10 +142,10 @@ def test_bad_synthesis_input(exported, tmp_path, onnx_export):
         return runner.invoke(main, ["synthesize", *map(str, args), "--out", str(tmp_path / "o.wav")])
 
     assert_one_line_error(syn(model, "--phonemes", "a", "--phoneme-ids", "1,2"), "exactly one of")
-    assert_one_line_error(syn(model, "--phonemes", "a", "--lang", "xx"), "unknown language 'xx'")
+    assert_one_line_error(syn(model, "--text", "a", "--text-language", "xx"), "does not know text language 'xx'")
     assert_one_line_error(syn(model, "--phoneme-ids", "1,999"), "--phoneme-ids must be 0..255")
     assert_one_line_error(syn(tmp_path, "--phonemes", "a"), "not an exported model")
     assert_one_line_error(syn(onnx_export(), "--phonemes", "a"), "no EnCodec graphs")
     (tmp_path / "bad.wav").write_text("nope")
-    assert_one_line_error(syn(model, "--phonemes", "a", "--prompt", tmp_path / "bad.wav"), "not a WAV file")
+    assert_one_line_error(syn(model, "--phonemes", "a", "--prompt", tmp_path / "bad.wav"), "not an audio file")
     assert not (tmp_path / "o.wav").exists()

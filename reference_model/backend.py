@@ -24,6 +24,13 @@ class TorchBackend(CachedPassBackend):
     def logits(self, spec: PassSpec) -> np.ndarray:
         return self.model.pass_logits(spec).numpy()  # the reference's own full pass (heads included)
 
+    def cache_state(self) -> tuple:
+        """The KV cache as an opaque value (a fresh DynamicCache per prefill, so two sequences never share)."""
+        return self._cache, self._cached
+
+    def set_cache_state(self, state: tuple) -> None:
+        self._cache, self._cached = state
+
     def _reset_cache(self) -> None:
         self._cache = DynamicCache(config=self.model.llama.config)
 

@@ -41,7 +41,7 @@ def demo_config(spec: DemoSpec) -> dict:
     """The native config JSON the original would write for this model."""
     dim, heads, layers = SIZES[spec.size]
     return {
-        "name": "valle-export-demo-" + spec.size, "version": 5,
+        "name": names.DEMO_NAME_PREFIX + spec.size, "version": 5,
         "size": {"dim": dim, "heads": heads, "layers": layers, "resp_levels": 8, "audio_tokens": 1024,
                  "phoneme_tokens": 256},
         "tasks": 9, "langs": 6, "tones": 1, "experts": 1, "arch_type": "llama", "attention": "auto",

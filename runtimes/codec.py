@@ -59,6 +59,7 @@ class OnnxDecoder:
         self.codebooks = int(info.get("codebooks", 8))
         self.hop = int(info.get("hop", 320))
         self.min_frames = int(info.get("min_frames", MIN_DECODE_FRAMES))
+        self.random_weights = bool(info.get("random_weights", False))  # exported without weights (a demo)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes [codebooks, frames] -> mono float32 audio [frames * hop]; batched [B, codebooks, frames] ->
@@ -87,6 +88,8 @@ class OnnxCodec:
         self.decoder = OnnxDecoder(folder / graphs.DECODER_FILES[decoder], provider, threads)
         self.sample_rate, self.frame_rate = self.decoder.sample_rate, self.decoder.frame_rate
         self.codebooks, self.hop = self.decoder.codebooks, self.decoder.hop
+        self.folder = folder
+        self.random_weights = self.decoder.random_weights
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """Mono float32 audio at `sample_rate` [N] -> codes [codebooks, ceil(N / hop)] int64."""
@@ -105,10 +108,13 @@ class OnnxCodec:
         return self.decoder.decode(codes)
 
     def prompt_codes(self, path: str | Path, seconds: float = DEFAULT_PROMPT_SECONDS) -> np.ndarray:
-        """A WAV prompt as VALL-E prompt codes, frame-major [frames, codebooks], trimmed or repeated."""
-        audio = wav.load_audio(path, self.sample_rate, max_seconds=seconds + PROMPT_CONTEXT_SECONDS)
-        codes = self.encode(audio).T
-        return fit_frames(codes, int(round(seconds * self.frame_rate)))
+        """An audio prompt as VALL-E prompt codes, frame-major [frames, codebooks], trimmed or repeated to
+        `seconds` (0 = the whole clip)."""
+        from valle_export.audio import load_audio
+
+        whole = seconds <= 0
+        codes = self.encode(load_audio(path, self.sample_rate, None if whole else seconds + PROMPT_CONTEXT_SECONDS)).T
+        return codes if whole else fit_frames(codes, int(round(seconds * self.frame_rate)))
 
     def write(self, path: str | Path, codes: np.ndarray, float32: bool = False) -> Path:
         """Decode codebook-major codes and write a WAV atomically."""

@@ -18,6 +18,7 @@ from valle_export.errors import BadInput, RefusedPass
 
 from .backend import Backend
 from .pipeline import Conditioning, DemaskSettings, demask_nar_len, generate_ar, generate_len, generate_nar
+from .samplers import SamplerSettings
 
 CASES_FILE = "cases.safetensors"
 # The contracts (valle_export.contracts): exact backends 1e-4 relative per case and identical tokens;
@@ -188,7 +189,8 @@ def _greedy_nar_len(fx: Fixture, backend: Backend, run: str, top_no: float, exac
     t = fx.tensors
     kwargs = fx.greedy.get(run, {}).get("kwargs", {})
     c, want = fx.cond(run), t[f"{run}.codes"]
-    settings = DemaskSettings(steps=int(kwargs.get("max_steps", 25)), top_no=float(kwargs.get("top_no", top_no)))
+    settings = DemaskSettings(steps=int(kwargs.get("max_steps", 25)),
+                              sampler=SamplerSettings(temperature=0.0, top_no=float(kwargs.get("top_no", top_no))))
     try:
         level0, steps = demask_nar_len(backend, c, want.shape[0], settings)
     except RefusedPass as err:

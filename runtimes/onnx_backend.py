@@ -165,6 +165,13 @@ class OnnxBackend(CachedPassBackend):
         hidden, self._past = self.hidden(rows, positions, True, self._past)
         return hidden
 
+    def cache_state(self) -> tuple:
+        """The KV cache as an opaque value: a second sequence (the null input of AR guidance) keeps its own."""
+        return self._past, self._cached
+
+    def set_cache_state(self, state: tuple) -> None:
+        self._past, self._cached = state
+
     def _reset_cache(self) -> None:
         self._past = None
 

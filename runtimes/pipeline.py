@@ -13,47 +13,143 @@ import numpy as np
 from valle_export import names, sequence as seq
 
 from .backend import Backend
-from .samplers import GREEDY, SamplerSettings, penalize, sample, softmax, top_n_sigma
+from .samplers import GREEDY, SamplerSettings, draw, process, sample, softmax
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Earlier pieces of a long text (the original's `--context-history`): their phoneme ids (each with
+    bos/eos, concatenated) and level-0 codes, fed before the current piece's at level 0 and sliced off."""
+
+    phn: np.ndarray
+    codes: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
 class Conditioning:
-    """What every pass is conditioned on: phoneme ids (with bos/eos), language id, prompt codes [T, levels]."""
+    """What every pass is conditioned on: phoneme ids (with bos/eos), language id, prompt codes [T, levels],
+    and optionally the context of earlier pieces (level 0 only, as the original)."""
 
     phn: np.ndarray
     lang: int
     prompt: np.ndarray
+    context: Context | None = None
+
+    @property
+    def level0_phn(self) -> np.ndarray:
+        """The original's `concat([prefix[:-1], text[1:]])`: context phonemes without their last eos, then
+        this piece's without its bos."""
+        if self.context is None:
+            return self.phn
+        return np.concatenate([self.context.phn[:-1], self.phn[1:]]).astype(np.int64)
+
+    @property
+    def prefix_codes(self) -> np.ndarray:
+        return np.zeros(0, np.int64) if self.context is None else np.asarray(self.context.codes, np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance as the original applies it to AR and NAR levels: off at strength 0; the
+    null input is phonemes [bos, eos] and no prompt; rescale uses one std over the response block."""
+
+    strength: float = 0.0
+    rescale: float = 0.75
+
+    @property
+    def on(self) -> bool:
+        return self.strength > 0
+
+
+def cfg_logits(cond: np.ndarray, null: np.ndarray, strength: float, rescale: float) -> np.ndarray:
+    """vall_e/samplers.py cfg_logits on one block [rows, V]: null + (cond - null) * strength, times
+    rescale * std(cond) / std(guided) + (1 - rescale) (unbiased std over the whole block)."""
+    g = null + (cond - null) * np.float32(strength)
+    if rescale > 0:
+        factor = np.float32(rescale) * cond.std(ddof=1) / g.std(ddof=1) + np.float32(1 - rescale)
+        g = g * np.float32(factor)
+    return g.astype(np.float32)
+
+
+class _ArStream:
+    """One causal AR sequence on a backend: cached (prefill / extend) or recomputed every step. Two streams
+    (conditional and null, for guidance) share a backend's single cache through `cache_state` /
+    `set_cache_state` where the backend has them, else both recompute."""
+
+    def __init__(self, backend: Backend, spec: seq.PassSpec, use_cache: bool):
+        self.backend, self.spec, self.use_cache, self.state = backend, spec, use_cache, None
+
+    def _run(self, fn):
+        if self.use_cache and self.state is not None:
+            self.backend.set_cache_state(self.state)
+        out = fn(self.spec)
+        if self.use_cache and hasattr(self.backend, "cache_state"):
+            self.state = self.backend.cache_state()
+        return out
+
+    def start(self, all_rows: bool) -> np.ndarray:
+        """Logits rows [n, V]: every output row when `all_rows` (guidance rescale needs them), else the last."""
+        if not self.use_cache:
+            rows = self.backend.logits(self.spec)
+            return rows if all_rows else rows[-1:]
+        last = self._run(self.backend.prefill)[None]
+        if all_rows and self.spec.n_outputs > 1:
+            return np.concatenate([self.backend.logits(self.spec)[:-1], last])
+        return last
+
+    def step(self, token: int) -> np.ndarray:
+        self.spec = seq.extend(self.backend.layout, self.spec, names.HEAD_AR, [token])
+        if not self.use_cache:
+            return self.backend.logits(self.spec)[-1]
+        return self._run(self.backend.extend)
 
 
 def generate_ar(backend: Backend, cond: Conditioning, max_frames: int, sampler: SamplerSettings = GREEDY,
-                rng: np.random.Generator | None = None, use_cache: bool = True) -> np.ndarray:
-    """Level-0 codes until the stop token or `max_frames` (stop token not included)."""
+                rng: np.random.Generator | None = None, use_cache: bool = True,
+                guidance: Guidance = Guidance()) -> np.ndarray:
+    """Level-0 codes until the stop token or `max_frames` new codes (stop token and context not included).
+    With guidance, a second (null) sequence runs beside the conditional one, each with its own KV cache."""
     layout = backend.layout
-    spec = seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, [])
-    logits = backend.prefill(spec) if use_cache else backend.logits(spec)[-1]
-    codes: list[int] = []
-    while len(codes) < max_frames:
-        logits = penalize(logits, sampler, np.array(codes, dtype=np.int64), layout.stop_token)
-        token = int(sample(logits, sampler, rng))
+    codes = [int(c) for c in cond.prefix_codes]
+    n_prefix = len(codes)
+    both_cached = use_cache and (not guidance.on or hasattr(backend, "cache_state"))
+    main = _ArStream(backend, seq.ar_pass(layout, cond.level0_phn, cond.lang, cond.prompt, codes), both_cached)
+    rows = [main.start(guidance.on)]
+    if guidance.on:
+        null = _ArStream(backend, seq.ar_pass(layout, seq.null_phonemes(layout), cond.lang, None, codes),
+                         both_cached)
+        null_rows = [null.start(True)]
+    while len(codes) - n_prefix < max_frames:
+        logits = rows[-1][-1]
+        if guidance.on:
+            block = cfg_logits(np.concatenate(rows), np.concatenate(null_rows), guidance.strength, guidance.rescale)
+            logits = block[-1]
+        token = int(sample(logits, sampler, rng, np.array(codes, dtype=np.int64), layout.stop_token))
         if token == layout.stop_token:
             break
         codes.append(token)
-        if len(codes) == max_frames:
+        if len(codes) - n_prefix == max_frames:
             break
-        spec = seq.extend(layout, spec, names.HEAD_AR, [token])
-        logits = backend.extend(spec) if use_cache else backend.logits(spec)[-1]
-    return np.array(codes, dtype=np.int64)
+        rows.append(main.step(token)[None])
+        if guidance.on:
+            null_rows.append(null.step(token)[None])
+    return np.array(codes[n_prefix:], dtype=np.int64)
 
 
 def generate_nar(backend: Backend, cond: Conditioning, codes0: np.ndarray, sampler: SamplerSettings = GREEDY,
-                 rng: np.random.Generator | None = None) -> np.ndarray:
-    """Levels 1..levels-1, one bidirectional (or causal, per the layout) pass each: [frames, levels]."""
+                 rng: np.random.Generator | None = None, guidance: Guidance = Guidance()) -> np.ndarray:
+    """Levels 1..levels-1, one bidirectional (or causal, per the layout) pass each: [frames, levels]. The
+    previous level's codes feed the repetition penalty and DRY, as the original's `prev_list`."""
+    layout = backend.layout
     resp = np.asarray(codes0, dtype=np.int64).reshape(-1, 1)
     if len(resp) == 0:
-        return np.zeros((0, backend.layout.audio_levels), dtype=np.int64)
-    for level in range(1, backend.layout.audio_levels):
-        spec = seq.nar_pass(backend.layout, cond.phn, cond.lang, cond.prompt, resp, level)
-        nxt = sample(backend.logits(spec), sampler, rng)
+        return np.zeros((0, layout.audio_levels), dtype=np.int64)
+    for level in range(1, layout.audio_levels):
+        logits = backend.logits(seq.nar_pass(layout, cond.phn, cond.lang, cond.prompt, resp, level))
+        if guidance.on:
+            null = backend.logits(seq.nar_pass(layout, seq.null_phonemes(layout), cond.lang, None, resp, level))
+            logits = cfg_logits(logits, null, guidance.strength, guidance.rescale)
+        nxt = sample(logits, sampler, rng, previous=resp[:, -1])
         resp = np.concatenate([resp, nxt[:, None]], axis=1)
     return resp
 
@@ -93,13 +189,16 @@ def generate_len(backend: Backend, cond: Conditioning, max_steps: int = 10, use_
 @dataclasses.dataclass(frozen=True)
 class DemaskSettings:
     """NAR-len demasking as the original runs it (fixture README): cosine schedule over `steps`, constant
-    CFG strength max(cfg_strength, 2.5), rescale over the whole [L, V] block, re-masking everywhere."""
+    CFG strength max(cfg_strength, 2.5), rescale over the whole [L, V] block, re-masking everywhere.
+    `sampler.temperature` is annealed as T * (1 - t); its filters shape both the draw and the scores."""
 
     steps: int = 25
     cfg_strength: float = 2.5
     cfg_rescale: float = 0.75
-    top_no: float = 0.0
-    temperature: float = 0.0  # > 0: sample masked tokens at temperature * (1 - t) (annealed, as the original)
+    sampler: SamplerSettings = GREEDY
+
+
+MIN_NAR_LEN_CFG = 2.5  # the original's minimum_cfg_strength: NAR-len guidance is never weaker
 
 
 def _masked_count(t: np.float32, length: int, step: int) -> int:
@@ -107,36 +206,33 @@ def _masked_count(t: np.float32, length: int, step: int) -> int:
     return max(1, min(int(math.cos(float(x)) * length), length - step))
 
 
-def _guided(cond_logits: np.ndarray, null_logits: np.ndarray, s: DemaskSettings) -> np.ndarray:
-    strength = np.float32(max(s.cfg_strength, 2.5))
-    g = null_logits + (cond_logits - null_logits) * strength
-    if s.cfg_rescale > 0:
-        factor = np.float32(s.cfg_rescale) * cond_logits.std(ddof=1) / g.std(ddof=1) + np.float32(1 - s.cfg_rescale)
-        g = g * np.float32(factor)
-    return g.astype(np.float32)
-
-
 def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: DemaskSettings = DemaskSettings(),
                    rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """NAR-len level 0 of `length` frames; returns (codes [length], inputs fed at each step). Scores are
-    always the probability of the argmax (the original's unfiltered greedy pass)."""
+    """NAR-len level 0 of `length` frames; returns (codes [length], inputs fed at each step). Each step draws
+    the masked tokens from the filtered logits at the annealed temperature and scores every position by the
+    probability of the argmax of the same filters at temperature 0 (the original's two `sample` calls)."""
     layout = backend.layout
     mask = layout.mask_token
     tokens = np.full(length, mask, dtype=np.int64)
     scores = np.ones(length, dtype=np.float32)
-    null_phn = seq.null_phonemes(layout)
+    null_phn, prefix = seq.null_phonemes(layout), cond.prefix_codes
+    strength = max(settings.cfg_strength, MIN_NAR_LEN_CFG)
+    s = settings.sampler
     step_inputs = []
     for step, t in enumerate(np.linspace(0, 1, settings.steps, dtype=np.float32)):
+        previous = tokens.copy()
         n = _masked_count(t, length, step)
         tokens[np.argsort(scores, kind="stable")[:n]] = mask
         step_inputs.append(tokens.copy())
-        c = backend.logits(seq.nar_len_pass(layout, cond.phn, cond.lang, cond.prompt, tokens))
-        u = backend.logits(seq.nar_len_pass(layout, null_phn, cond.lang, None, tokens))
-        g = top_n_sigma(_guided(c, u, settings), settings.top_no)
-        picked = np.argmax(g, axis=-1)
-        scores = np.take_along_axis(softmax(g), picked[:, None], axis=-1)[:, 0].astype(np.float32)
-        if settings.temperature > 0:
-            annealed = SamplerSettings(temperature=settings.temperature * float(1 - t))
-            picked = sample(g, annealed if annealed.temperature > 0 else GREEDY, rng)
+        fed = np.concatenate([prefix, tokens])
+        c = backend.logits(seq.nar_len_pass(layout, cond.level0_phn, cond.lang, cond.prompt, fed))[-length:]
+        u = backend.logits(seq.nar_len_pass(layout, null_phn, cond.lang, None, fed))[-length:]
+        g = cfg_logits(c, u, strength, settings.cfg_rescale)
+        unfiltered = process(g, dataclasses.replace(s, temperature=0.0), previous)
+        best = np.argmax(unfiltered, axis=-1)
+        scores = np.take_along_axis(softmax(unfiltered), best[:, None], axis=-1)[:, 0].astype(np.float32)
+        annealed = dataclasses.replace(s, temperature=s.temperature * float(1 - t))
+        # at temperature 0 the draw is the argmax of the very logits the scores come from
+        picked = best if annealed.greedy else draw(process(g, annealed, previous), False, rng)
         tokens = np.where(tokens == mask, picked, tokens)
     return tokens, step_inputs

@@ -1,10 +1,12 @@
-"""Text (+ optional prompt WAV) -> WAV on any backend: wires the text front end, the pipeline and the codec.
+"""One piece of text (phoneme ids) + optional prompt codes -> audio on any backend: the pipeline and the codec.
 
-No torch unless the torch reference backend is asked for. Stages are timed for the JSON summary.
+No torch unless the torch reference backend is asked for. Stages are timed for the JSON summary. The text
+front end, voices and long text live in `runtimes.synthesizer` (the API the CLI uses).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -15,24 +17,40 @@ from valle_export import graphs, names
 from valle_export.errors import BadInput
 from valle_export.progress import Progress
 
-from .open import open_backend as open_any_backend
-from . import text as text_frontend
+from .open import detect_kind, open_backend as open_any_backend
 from .codec import OnnxCodec
-from .pipeline import (Conditioning, DemaskSettings, generate_ar, generate_len, generate_nar, demask_nar_len)
+from .pipeline import (Conditioning, Context, DemaskSettings, Guidance, generate_ar, generate_len, generate_nar,
+                       demask_nar_len)
 from .samplers import GREEDY, SamplerSettings
 
-MODALITIES = ("ar+nar", "nar-len")
+MODALITIES = ("auto", "ar+nar", "nar-len")
+VARIANTS = ("auto", "fp32", "fp16", "int8")
+DEMO_WARNING = "warning: {what} has random (demo) weights: the audio is noise, not speech"
 
 
 @dataclasses.dataclass(frozen=True)
 class SynthesisSettings:
-    modality: str = "ar+nar"
+    """Everything a user may set per call, with the original's documented CLI defaults (design section 1)."""
+
+    modality: str = "auto"  # auto: NAR-len for a model with the `len` capability, else AR+NAR (the original)
     max_duration: float = 12.0  # seconds (the original CLI's default)
-    ar: SamplerSettings = SamplerSettings(temperature=1.0)
+    ar: SamplerSettings = SamplerSettings(temperature=1.0)  # AR steps, and NAR-len demasking (annealed T)
     nar: SamplerSettings = GREEDY
-    demask: DemaskSettings = DemaskSettings()
+    demask_steps: int = 25
+    cfg_strength: float = 0.0  # AR and NAR levels; NAR-len uses max(this, 2.5)
+    cfg_rescale: float = 0.75
     seed: int | None = None
-    prompt_seconds: float = 3.0
+    prompt_seconds: float = 3.0  # 0 = the whole clip
+    split_text_by: str = "sentences"
+    context_history: int = 0
+
+    @property
+    def guidance(self) -> Guidance:
+        return Guidance(self.cfg_strength, self.cfg_rescale)
+
+    @property
+    def demask(self) -> DemaskSettings:
+        return DemaskSettings(self.demask_steps, self.cfg_strength, self.cfg_rescale, self.ar)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,25 +59,85 @@ class TextInput:
     phonemes: str | None = None
     phoneme_ids: str | None = None
     language: str = "en"
+    text_language: str | None = None  # None: the same as `language`
+
+
+def source_config(model: Path, backend) -> dict:
+    """The native config the model was exported from (name, capabilities): in the GGUF, beside the ONNX
+    graphs, or in a checkpoint's safetensors metadata. {} when none is found."""
+    file = getattr(backend, "file", None)
+    if file is not None and getattr(file, "source_config", None):
+        return file.source_config
+    model = Path(model)
+    folder = model if model.is_dir() else model.parent
+    if (folder / names.SOURCE_CONFIG_FILE).is_file():
+        return json.loads((folder / names.SOURCE_CONFIG_FILE).read_text(encoding="utf-8"))
+    sft = model if model.suffix == ".sft" else folder / names.CHECKPOINT_SFT
+    if sft.is_file():
+        from valle_export.files import read_safetensors_header
+
+        meta = read_safetensors_header(sft).get("__metadata__", {})
+        return json.loads(meta.get(names.META_CONFIG, "{}"))
+    return {}
+
+
+def resolve_modality(modality: str, capabilities: tuple[str, ...], model_name: str = "") -> str:
+    """The original's `auto`: the model's name when it is a modality, else NAR-len with `len`, else AR+NAR."""
+    if modality not in MODALITIES:
+        raise BadInput(f"--modality must be one of {', '.join(MODALITIES)}")
+    if modality == "auto":
+        if model_name in MODALITIES[1:]:
+            return model_name
+        return "nar-len" if "len" in capabilities else "ar+nar"
+    if modality == "nar-len" and "len" not in capabilities:
+        raise BadInput(f"the model has no `len` capability (it has {', '.join(capabilities)}); use --modality ar+nar")
+    return modality
+
+
+def pick_variant(model: Path, variant: str) -> str:
+    """An ONNX folder's backbone variant: `auto` takes fp32, else fp16, else int8, whichever was exported."""
+    if variant not in VARIANTS:
+        raise BadInput(f"--variant must be one of {', '.join(VARIANTS)}")
+    if variant != "auto":
+        return variant
+    for v in VARIANTS[1:]:
+        if (Path(model) / graphs.backbone_file(v)).is_file():
+            return v
+    raise BadInput("not an exported model (a folder with backbone.onnx, or a .gguf file)", model)
 
 
 def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str = "f32",
-                 n_ctx: int = DEFAULT_N_CTX):
-    """The synthesis runtime's way into `runtimes.open.open_backend` (one opener; the torch reference is
-    opened by the CLI, the composition root: no runtime module imports reference_model)."""
-    return open_any_backend(model, kind, BackendOptions(threads=threads, n_ctx=n_ctx, kv_type=kv_type))
+                 n_ctx: int = DEFAULT_N_CTX, variant: str = "auto"):
+    """The synthesis runtime's way into `runtimes.open.open_backend` (one opener), with the ONNX variant picked
+    from what was exported. The torch reference is opened by the CLI, the composition root."""
+    model = Path(model)
+    kind = detect_kind(model) if kind == "auto" else kind
+    if variant != "auto" and kind != "onnx":
+        raise BadInput(f"--variant selects an ONNX graph; {kind} reads its weight type from the file", model)
+    chosen = pick_variant(model, variant) if kind == "onnx" else "fp32"
+    return open_any_backend(model, kind, BackendOptions(threads=threads, n_ctx=n_ctx, kv_type=kv_type,
+                                                        variant=chosen))
 
 
-def tokenizer_json(model: Path, backend) -> str | None:
+def tokenizer_json(model: Path, backend, explicit: Path | None = None) -> str | None:
+    """`--tokenizer FILE`, else the one stored in the GGUF, else tokenizer.json beside the model."""
+    if explicit is not None:
+        return _read_tokenizer(Path(explicit))
     file = getattr(backend, "file", None)
     if file is not None and file.tokenizer:
         return file.tokenizer
     folder = model if model.is_dir() else model.parent
     path = folder / names.TOKENIZER_FILE
-    if not path.is_file():
-        return None
+    return _read_tokenizer(path) if path.is_file() else None
+
+
+def _read_tokenizer(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput("file not found", path) from None
+    except IsADirectoryError:
+        raise BadInput("is a folder, not a tokenizer JSON", path) from None
     except UnicodeDecodeError:
         raise BadInput("not a tokenizers JSON (not UTF-8 text)", path) from None
 
@@ -87,19 +165,6 @@ def find_codec(model: Path, codec_dir: Path | None, decoder: str | None = None) 
     return OnnxCodec(folder, decoder=decoder)
 
 
-def phoneme_ids(inp: TextInput, model: Path, backend) -> np.ndarray:
-    given = [x for x in (inp.text, inp.phonemes, inp.phoneme_ids) if x]
-    if len(given) != 1:
-        raise BadInput("give exactly one of --text, --phonemes, --phoneme-ids")
-    if inp.phoneme_ids:
-        return text_frontend.parse_ids(inp.phoneme_ids, backend.layout.table(names.TABLE_TEXT).rows)
-    tok = tokenizer_json(model, backend)
-    if tok is None:
-        raise BadInput("the model has no phoneme tokenizer (tokenizer.json); pass --phoneme-ids", model)
-    phonemes = inp.phonemes or text_frontend.phonemize(inp.text, inp.language)
-    return text_frontend.PhonemeTokenizer(tok).encode(phonemes)
-
-
 def _pad_for_decoder(codes: np.ndarray, minimum: int) -> np.ndarray:
     """Repeat the last frame up to the decoder's minimum length (the extra audio is cut afterwards)."""
     if len(codes) >= minimum:
@@ -107,54 +172,38 @@ def _pad_for_decoder(codes: np.ndarray, minimum: int) -> np.ndarray:
     return np.concatenate([codes, np.repeat(codes[-1:], minimum - len(codes), axis=0)])
 
 
-def synthesize(backend, codec: OnnxCodec, inp: TextInput, model: Path, prompt_wav: Path | None,
-               settings: SynthesisSettings, progress: Progress) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Returns (audio [samples], codes [frames, levels], summary)."""
-    if settings.modality not in MODALITIES:
-        raise BadInput(f"--modality must be one of {', '.join(MODALITIES)}")
-    timings, t = {}, time.perf_counter()
-    rng = np.random.default_rng(settings.seed)
-    lang = text_frontend.language_id(inp.language)  # first: an unknown language is not an espeak-ng problem
-    progress.stage("text -> phoneme ids")
-    phn = phoneme_ids(inp, model, backend)
-    timings["text_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    prompt = None
-    if prompt_wav is not None:
-        progress.stage(f"prompt {prompt_wav} -> codes")
-        prompt = codec.prompt_codes(prompt_wav, settings.prompt_seconds)
-    timings["prompt_s"] = time.perf_counter() - t
-    cond = Conditioning(phn, lang, prompt)
+def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np.ndarray | None,
+               settings: SynthesisSettings, progress: Progress, rng: np.random.Generator,
+               context: Context | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One piece: returns (audio [samples], codes [frames, levels], summary). `settings.modality` must be
+    resolved (not `auto`); `context` holds earlier pieces (level 0 only, sliced off)."""
+    from .codec import MIN_DECODE_FRAMES
+
+    timings = {}
+    cond = Conditioning(phn, lang, prompt, context)
     max_frames = int(settings.max_duration * backend.layout.frame_rate)
     t = time.perf_counter()
     if settings.modality == "ar+nar":
         progress.stage("AR level 0")
-        codes0 = generate_ar(backend, cond, max_frames, settings.ar, rng)
+        codes0 = generate_ar(backend, cond, max_frames, settings.ar, rng, guidance=settings.guidance)
         timings["ar_s"] = time.perf_counter() - t
     else:
         progress.stage("len")
         frames = min(generate_len(backend, cond).frames, max_frames)
         timings["len_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        progress.stage(f"NAR-len demasking ({settings.demask.steps} steps, {frames} frames)")
+        progress.stage(f"NAR-len demasking ({settings.demask_steps} steps, {frames} frames)")
         codes0, _ = demask_nar_len(backend, cond, frames, settings.demask, rng)
         timings["demask_s"] = time.perf_counter() - t
     if len(codes0) == 0:
         raise BadInput("the model stopped before producing any frame (try another seed or a prompt)")
     t = time.perf_counter()
     progress.stage(f"NAR levels 1..{backend.layout.audio_levels - 1} ({len(codes0)} frames)")
-    codes = generate_nar(backend, cond, codes0, settings.nar, rng)
+    codes = generate_nar(backend, cond, codes0, settings.nar, rng, settings.guidance)
     timings["nar_s"] = time.perf_counter() - t
     t = time.perf_counter()
     progress.stage(f"{codec.decoder.name} decode")
     audio = codec.decode(_pad_for_decoder(codes, codec.decoder.min_frames).T)[: len(codes) * codec.hop]
     timings["decode_s"] = time.perf_counter() - t
-    total = sum(timings.values())
-    seconds = len(audio) / codec.sample_rate
-    summary = {"backend": backend.name, "exact": bool(getattr(backend, "exact", True)),
-               "approximation": getattr(backend, "approximation", ""), "modality": settings.modality,
-               "decoder": codec.decoder.name,
-               "frames": int(len(codes)), "audio_s": round(seconds, 3),
-               "timings_s": {k: round(v, 4) for k, v in timings.items()}, "total_s": round(total, 4),
-               "rtf": round(total / seconds, 4) if seconds else None, "phonemes": int(len(phn))}
+    summary = {"frames": int(len(codes)), "phonemes": int(len(phn)), "timings_s": timings}
     return audio, codes, summary

@@ -15,16 +15,17 @@ LANGUAGES = {"en": 0, "ja": 1, "de": 2, "fr": 3, "zh": 4, "ko": 5}
 BOS, EOS = 1, 2
 
 
+AUTO = "auto"
+
+
 def language_id(lang: str) -> int:
-    """The original maps unknown languages to 0 (en); we refuse them instead of guessing."""
-    code = lang.lower().split("-")[0]
-    if code not in LANGUAGES:
-        raise BadInput(f"unknown language {lang!r} (the model knows: {', '.join(LANGUAGES)})")
-    return LANGUAGES[code]
+    """The language token, as the original's `encode_lang`: its id for en/ja/de/fr/zh/ko (a region suffix
+    such as en-us counts as its language), 0 for anything else, `auto` included."""
+    return LANGUAGES.get(lang.lower().split("-")[0], 0)
 
 
 def espeak_language(lang: str) -> str:
-    """The original's coercion: en -> en-us, fr -> fr-fr, zh -> cmn-latn-pinyin."""
+    """The original's coercion: en -> en-us, fr -> fr-fr, zh -> cmn-latn-pinyin; others as given."""
     code = lang.lower()
     if code == "en":
         return "en-us"
@@ -32,9 +33,43 @@ def espeak_language(lang: str) -> str:
         return "fr-fr"
     if code.startswith("zh"):
         return "cmn-latn-pinyin"
-    if code.startswith("ja"):
-        raise BadInput("Japanese needs kanji-to-hiragana conversion (pykakasi); pass --phonemes instead")
     return code
+
+
+def detect_language(text: str) -> str:
+    """The original's per-piece detection (langdetect, seeded here so a run repeats); `en` for no text."""
+    if not text.strip():
+        return "en"
+    try:
+        from langdetect import DetectorFactory, LangDetectException, detect
+    except ImportError:
+        raise BadInput("--text-language auto needs the langdetect package (pip install langdetect)") from None
+    DetectorFactory.seed = 0
+    try:
+        return detect(text)
+    except LangDetectException:
+        return "en"
+
+
+def to_hiragana(text: str) -> str:
+    """Japanese kanji and katakana to hiragana before espeak-ng, as the original (pykakasi)."""
+    try:
+        import pykakasi
+    except ImportError:
+        raise BadInput("Japanese text needs the pykakasi package (pip install pykakasi); or pass --phonemes") from None
+    return "".join(part["hira"] for part in pykakasi.kakasi().convert(text))
+
+
+def check_espeak_language(lang: str) -> None:
+    """Refuse a text language espeak-ng does not have before any model is loaded (`auto` is checked per piece)."""
+    if lang == AUTO:
+        return
+    try:
+        from phonemizer.backend import EspeakBackend
+    except ImportError:
+        return  # phonemize() reports the missing package
+    if EspeakBackend.is_available() and espeak_language(lang) not in EspeakBackend.supported_languages():
+        raise BadInput(f"espeak-ng does not know text language {lang!r} (see `espeak-ng --voices`)")
 
 
 ZH_TONES = {"1": "ˇ", "2": "ˉ", "3": "ˊ", "4": "ˋ", "5": "_"}
@@ -47,8 +82,9 @@ def phonemize(text: str, lang: str = "en") -> str:
     except ImportError:
         raise BadInput("text input needs the phonemizer package and espeak-ng; or pass --phonemes / "
                        "--phoneme-ids") from None
-    language_id(lang)
     language = espeak_language(lang)
+    if language.startswith("ja"):
+        text = to_hiragana(text)
     if not EspeakBackend.is_available():
         raise BadInput("text input needs espeak-ng, which is not installed; install it or pass --phonemes / "
                        "--phoneme-ids")

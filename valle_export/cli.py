@@ -236,85 +236,145 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 
 @main.command("synthesize")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--text", default=None, help="Text to speak (needs espeak-ng).")
+@click.option("--text", default=None, help="Text to speak (needs espeak-ng); long text is split into pieces.")
 @click.option("--phonemes", default=None, help="IPA phonemes instead of text (no espeak-ng needed).")
 @click.option("--phoneme-ids", default=None, help="Raw phoneme token ids, comma separated.")
-@click.option("--lang", default="en", show_default=True)
-@click.option("--prompt", type=click.Path(path_type=Path), default=None, help="Reference voice WAV (any rate).")
+@click.option("--lang", default="en", show_default=True,
+              help="Language token (en ja de fr zh ko; any other, auto included, is token 0 as the original).")
+@click.option("--text-language", default=None,
+              help="Phonemizer language (default: --lang); `auto` detects it per piece (langdetect).")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Phoneme tokenizer JSON (default: the one in the GGUF, or tokenizer.json beside MODEL).")
+@click.option("--prompt", type=click.Path(path_type=Path), multiple=True,
+              help="Reference clip (WAV, FLAC, OGG, ...); repeat for several, their codes are concatenated.")
+@click.option("--prompt-seconds", type=opt.PROMPT_SECONDS, default=3.0, show_default=True,
+              help="Repeat or trim the prompt to this length; 0 = the whole clips.")
+@click.option("--voice", type=click.Path(path_type=Path), default=None,
+              help="A voice file from `valle-export voice` (instead of --prompt; no encoder run).")
 @click.option("--out", type=opt.OUTPUT, default=Path("out.wav"), show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(names.AUDIO_FORMATS)), default=None,
+              help="Output format (default: from --out's extension, else wav).")
+@click.option("--float-wav/--pcm16-wav", default=True, show_default=True,
+              help="WAV samples: 32-bit float (the original's) or 16-bit PCM.")
 @click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml", "torch"]), default="auto",
               show_default=True, help="auto: onnx for a folder, llamacpp for a .gguf (ggml: the exact graph on the same file).")
-@click.option("--modality", type=click.Choice(["ar+nar", "nar-len"]), default="ar+nar", show_default=True)
+@click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
+              help="ONNX backbone variant; auto: fp32, else fp16, else int8, whichever was exported.")
+@click.option("--modality", type=click.Choice(["auto", "ar+nar", "nar-len"]), default="auto", show_default=True,
+              help="auto: NAR-len for a model with the len capability, else AR+NAR (as the original).")
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with the EnCodec graphs (default: beside MODEL).")
 @click.option("--decoder", type=click.Choice(["vocos", "encodec"]), default=None,
               help="Codes -> audio (default: vocos when vocos_decoder.onnx is in the codec folder, as the "
                    "original; else encodec). Prompts are always encoded with EnCodec.")
-@click.option("--max-duration", type=opt.DURATION, default=12.0, show_default=True, help="Seconds.")
-@click.option("--ar-temperature", type=opt.TEMPERATURE, default=1.0, show_default=True, help="0 = greedy.")
+@click.option("--split-text-by", default="sentences", show_default=True,
+              help="sentences, lines, none, or any delimiter string.")
+@click.option("--context-history", type=opt.CONTEXT_PIECES, default=0, show_default=True,
+              help="Earlier pieces fed as a prefix to the next (their phonemes and level-0 codes).")
+@click.option("--max-duration", type=opt.DURATION, default=12.0, show_default=True, help="Seconds per piece.")
+@click.option("--ar-temperature", type=opt.TEMPERATURE, default=1.0, show_default=True,
+              help="AR, and NAR-len demasking annealed as T(1-t); 0 = greedy.")
 @click.option("--nar-temperature", type=opt.TEMPERATURE, default=0.0, show_default=True)
 @click.option("--top-k", type=opt.TOP_K, default=0, show_default=True)
 @click.option("--top-p", type=opt.PROBABILITY, default=1.0, show_default=True)
-@click.option("--min-p", type=opt.PROBABILITY, default=0.0, show_default=True)
-@click.option("--top-no", type=opt.NON_NEGATIVE, default=0.0, show_default=True, help="Top-n-sigma filter.")
+@click.option("--min-p", type=opt.PROBABILITY, default=0.0, show_default=True, help="Keeps at least 32 tokens.")
+@click.option("--top-no", type=opt.NON_NEGATIVE, default=0.0, show_default=True,
+              help="> 0: top-nσ filter with n = 1 (as the original).")
 @click.option("--repetition-penalty", type=opt.PENALTY, default=1.0, show_default=True)
+@click.option("--repetition-penalty-decay", type=opt.FINITE, default=0.0, show_default=True)
 @click.option("--length-penalty", type=opt.FINITE, default=0.0, show_default=True)
+@click.option("--dry-multiplier", type=opt.NON_NEGATIVE, default=0.0, show_default=True)
+@click.option("--dry-base", type=opt.PENALTY, default=1.75, show_default=True)
+@click.option("--dry-allowed-length", type=opt.DRY_LENGTH, default=2, show_default=True)
 @click.option("--demask-steps", type=opt.DEMASK_STEPS, default=25, show_default=True)
-@click.option("--cfg-strength", type=opt.NON_NEGATIVE, default=2.5, show_default=True)
+@click.option("--cfg-strength", type=opt.NON_NEGATIVE, default=0.0, show_default=True,
+              help="Guidance on AR and NAR levels (0 = off); NAR-len always uses at least 2.5.")
+@click.option("--cfg-rescale", type=opt.PROBABILITY, default=0.75, show_default=True)
 @click.option("--seed", type=opt.SEED, default=None)
 @threads_option
 @n_ctx_option
 @click.option("--kv-type", type=click.Choice(KV_TYPES), default="f32", show_default=True,
               help="llama.cpp KV cache type (f32 is exact for SiLU models).")
-@click.option("--float-wav", is_flag=True, help="Write 32-bit float WAV instead of 16-bit PCM.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @quiet_option
 @_one_line_errors
-def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, backend, modality, codec_dir,
-                   decoder, max_duration, ar_temperature, nar_temperature, top_k, top_p, min_p, top_no,
-                   repetition_penalty, length_penalty, demask_steps, cfg_strength, seed, threads, n_ctx, kv_type,
-                   float_wav, as_json, quiet) -> None:
-    """Speak TEXT with MODEL (an exported ONNX folder or a GGUF file) and write a WAV."""
+def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language, tokenizer, prompt, prompt_seconds,
+                   voice, out, fmt, float_wav, backend, variant, modality, codec_dir, decoder, split_text_by, context_history,
+                   max_duration, ar_temperature, nar_temperature, top_k, top_p, min_p, top_no, repetition_penalty,
+                   repetition_penalty_decay, length_penalty, dry_multiplier, dry_base, dry_allowed_length,
+                   demask_steps, cfg_strength, cfg_rescale, seed, threads, n_ctx, kv_type, as_json, quiet) -> None:
+    """Speak TEXT with MODEL (an exported ONNX folder or a GGUF file) and write WAV, FLAC or OGG."""
     import json
 
     from runtimes import synthesize as synth
-    from runtimes.pipeline import DemaskSettings
     from runtimes.samplers import SamplerSettings
-    from runtimes.text import language_id as text_language_id
-    from valle_export import wav
+    from runtimes.synthesizer import Synthesizer
+    from runtimes.text import check_espeak_language
+    from valle_export import audio
 
-    check_output(out, [model, prompt, synth.codec_folder(model, codec_dir)])
-    text_language_id(lang)  # cheap input checks before loading the model
-    if prompt is not None:
-        wav.read_header(prompt)
+    from .errors import BadInput
+
+    check_output(out, [model, *prompt, voice, tokenizer, synth.codec_folder(model, codec_dir)])
+    if prompt and voice is not None:
+        raise BadInput("give --prompt or --voice, not both")
+    if text is not None:  # cheap input checks before loading the model
+        check_espeak_language(text_language or lang)
+    for clip in prompt:
+        audio.read_audio(clip, max_seconds=0.01)
     progress = Progress(quiet)
     progress.stage(f"loading {model} ({backend})")
-    runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads,
-                                                                                            kv_type, n_ctx)
-    codec = synth.find_codec(model, codec_dir, decoder)
-    filters = dict(top_k=top_k, top_p=top_p, min_p=min_p, top_no=top_no)
+    runner = _torch_backend(model) if backend == "torch" else None
+    tts = Synthesizer.open(model, backend, codec_dir, variant, threads, kv_type, tokenizer, progress, runner,
+                           decoder, n_ctx)
+    for line in tts.warnings():
+        click.echo(line, err=True)
+    shared = dict(top_k=top_k, top_p=top_p, min_p=min_p, top_no=top_no, repetition_penalty=repetition_penalty,
+                  repetition_decay=repetition_penalty_decay, dry_multiplier=dry_multiplier, dry_base=dry_base,
+                  dry_allowed_length=dry_allowed_length)
     settings = synth.SynthesisSettings(
-        modality=modality, max_duration=max_duration,
-        ar=SamplerSettings(temperature=ar_temperature, repetition_penalty=repetition_penalty,
-                           length_penalty=length_penalty, **filters),
-        nar=SamplerSettings(temperature=nar_temperature, **filters),
-        demask=DemaskSettings(steps=demask_steps, cfg_strength=cfg_strength, top_no=top_no),
-        seed=seed)
-    audio, codes, summary = synth.synthesize(runner, codec, synth.TextInput(text, phonemes, phoneme_ids, lang),
-                                             model, prompt, settings, progress)
-    wav.write_wav(out, audio, codec.sample_rate, float32=float_wav)
-    summary["out"] = str(out)
+        modality=modality, max_duration=max_duration, demask_steps=demask_steps, cfg_strength=cfg_strength,
+        cfg_rescale=cfg_rescale, seed=seed, prompt_seconds=prompt_seconds, split_text_by=split_text_by,
+        context_history=context_history,
+        ar=SamplerSettings(temperature=ar_temperature, length_penalty=length_penalty, **shared),
+        nar=SamplerSettings(temperature=nar_temperature, **shared))
+    speech = tts.speak_detailed(synth.TextInput(text, phonemes, phoneme_ids, lang, text_language),
+                                voice if voice is not None else (list(prompt) or None), settings)
+    audio.write_audio(out, speech.audio, speech.sample_rate, audio.format_of(out, fmt), float_wav)
+    summary = speech.summary | {"out": str(out)}
     if as_json:
         click.echo(json.dumps(summary))
     elif not quiet:
         rows = [(k.removesuffix("_s"), f"{v:.3f} s") for k, v in summary["timings_s"].items()]
-        rows += [("decoder", summary["decoder"]), ("total", f"{summary['total_s']:.3f} s"), ("audio", f"{summary['audio_s']:.2f} s "
-                 f"({summary['frames']} frames)"), ("real-time factor", f"{summary['rtf']}")]
+        rows += [("decoder", summary["decoder"]), ("total", f"{summary['total_s']:.3f} s"),
+                 ("audio", f"{summary['audio_s']:.2f} s ({summary['frames']} frames, {summary['pieces']} pieces)"),
+                 ("real-time factor", f"{summary['rtf']}")]
         for k, v in rows:
             click.echo(f"  {k:18s} {v}", err=True)
         if not summary["exact"]:
             click.echo(f"  note: {summary['backend']} is approximate here: {summary['approximation']}", err=True)
     progress.stage(f"wrote {out}")
+
+
+@main.command("voice")
+@click.argument("clips", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=opt.OUTPUT, required=True, help="The voice file (.npz).")
+@click.option("--codec", "codec_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder with the EnCodec graphs the voice will be used with.")
+@click.option("--prompt-seconds", type=opt.PROMPT_SECONDS, default=3.0, show_default=True,
+              help="Repeat or trim the concatenated clips to this length; 0 = keep them whole.")
+@quiet_option
+@_one_line_errors
+def voice_cmd(clips: tuple[Path, ...], out: Path, codec_dir: Path, prompt_seconds: float, quiet: bool) -> None:
+    """Encode reference CLIPS once into a voice file for `synthesize --voice` (prompt codes + metadata)."""
+    from runtimes.synthesize import find_codec
+    from runtimes.voice import encode_voice, save_voice
+
+    check_output(out, [*clips, codec_dir])
+    progress = Progress(quiet)
+    progress.stage(f"encoding {len(clips)} clip(s) with {codec_dir}")
+    voice = encode_voice(find_codec(codec_dir, codec_dir), list(clips), prompt_seconds)
+    save_voice(voice, out)
+    progress.stage(f"wrote {out} ({voice.frames} frames, {voice.frames / voice.frame_rate:.2f} s)")
 
 
 @main.command("encodec")
@@ -336,7 +396,9 @@ def encodec_cmd(paths: tuple[Path, ...], seed: int, quiet: bool) -> None:
     from converters.encodec_onnx import export_codec_onnx
     from reference_model.codec import load_codec
 
-    export_codec_onnx(load_codec(weights, seed), out_dir, progress)
+    if weights is None:
+        click.echo("warning: no WEIGHTS: exporting a random-weight EnCodec (demo only: its audio is noise)", err=True)
+    export_codec_onnx(load_codec(weights, seed), out_dir, progress, random_weights=weights is None)
     progress.stage(f"wrote {out_dir}")
 
 

@@ -9,6 +9,9 @@ CHECKPOINT_SFT = "fp32.sft"
 CHECKPOINT_PTH = "fp32.pth"
 LAYOUT_FILE = "valle_layout.json"
 SOURCE_CONFIG_FILE = "valle_source_config.json"
+# config "name" of every seeded random-weight checkpoint (reference_model/demo.py): synthesis warns on it
+DEMO_NAME_PREFIX = "valle-export-demo-"
+AUDIO_FORMATS = ("wav", "flac", "ogg")  # what synthesize writes
 HEAD_BIAS_FILE = "valle_head_bias.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 HF_CONFIG_FILE = "config.json"

@@ -18,6 +18,8 @@ MIN_DURATION_S = 0.1  # below this no frame fits (75 frames/s), and the model wo
 MAX_DEMASK_STEPS = 1000
 MAX_N_CTX = 1 << 20
 MAX_CODEBOOK_LEVELS = 16  # EnCodec 24 kHz at 12 kbps: the most codebooks the Vocos feature table holds
+MAX_CONTEXT_PIECES = 1000
+MAX_DRY_LENGTH = 50  # the original's DRY match length stops at max(allowed_length, 50)
 
 
 class FiniteFloat(click.FloatRange):
@@ -60,4 +62,7 @@ PROBABILITY = FiniteFloat(0.0, 1.0)
 NON_NEGATIVE = FiniteFloat(0.0, None)
 PENALTY = FiniteFloat(0.0, None, min_open=True)
 FINITE = FiniteFloat(None, None)
+PROMPT_SECONDS = FiniteFloat(0.0, MAX_DURATION_S)  # 0 = the whole clip
+CONTEXT_PIECES = click.IntRange(0, MAX_CONTEXT_PIECES)
+DRY_LENGTH = click.IntRange(1, MAX_DRY_LENGTH)
 OUTPUT = OutputPath()
