@@ -91,10 +91,11 @@ class VocosDecoderGraph(nn.Module):
         return (y / envelope)[:, None, spec.trim: -spec.trim]
 
 
-def vocos_metadata(spec: VocosSpec, levels: int) -> dict[str, str]:
+def vocos_metadata(spec: VocosSpec, levels: int, random_weights: bool = False) -> dict[str, str]:
+    """`random_weights` marks the seeded default (no WEIGHTS): synthesis warns that its audio is noise."""
     info = {"decoder": "vocos", "sample_rate": spec.sample_rate, "frame_rate": spec.sample_rate // spec.hop,
             "codebooks": levels, "hop": spec.hop, "n_fft": spec.n_fft,
-            "bandwidth_id": vocos.bandwidth_id_for(levels), "min_frames": MIN_FRAMES}
+            "bandwidth_id": vocos.bandwidth_id_for(levels), "min_frames": MIN_FRAMES, "random_weights": random_weights}
     return {graphs.META_CODEC: json.dumps(info)}
 
 
@@ -115,7 +116,8 @@ def verify_vocos(model: Vocos, path: Path, levels: int) -> float:
     return worst
 
 
-def export_vocos_onnx(model: Vocos, out_dir: Path, levels: int = 8, progress: Progress | None = None) -> float:
+def export_vocos_onnx(model: Vocos, out_dir: Path, levels: int = 8, progress: Progress | None = None,
+                      random_weights: bool = False) -> float:
     """Write OUT_DIR/vocos_decoder.onnx (beside whatever the folder holds), verified; returns the error."""
     progress = progress or Progress(quiet=True)
     spec = model.spec
@@ -127,7 +129,7 @@ def export_vocos_onnx(model: Vocos, out_dir: Path, levels: int = 8, progress: Pr
         codes = torch.randint(0, spec.bins, (2, levels, EXAMPLE_FRAMES))
         path = tmp / graphs.VOCOS_DECODER_FILE
         export_graph(VocosDecoderGraph(model, levels).eval(), codes, graphs.vocos_decoder_spec(levels), path,
-                     vocos_metadata(spec, levels))
+                     vocos_metadata(spec, levels, random_weights))
         progress.stage(f"verifying against torch ({', '.join(map(str, VERIFY_FRAMES))} frames, batch 2)")
         error = verify_vocos(model, path, levels)
         progress.stage(f"waveform relative error {error:.2e} (bound {REL_BOUND:g})")

@@ -119,7 +119,7 @@ BAD_WAVS = {
     "a-law": (_wav_bytes(fmt=6, bits=8), "unsupported WAV encoding"),
     "short fmt": (_wav_bytes(fmt_len=10), "short 'fmt' chunk"),
     "RIFX": (_wav_bytes(riff=b"RIFX"), "RIFX"),
-    "text": (b"just some text, not audio", "not a WAV file"),
+    "text": (b"just some text, not audio", "not an audio file"),
     "no data chunk": (_wav_bytes()[:36], "no 'data' chunk"),
 }
 

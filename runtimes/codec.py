@@ -89,7 +89,12 @@ class OnnxCodec:
         self.sample_rate, self.frame_rate = self.decoder.sample_rate, self.decoder.frame_rate
         self.codebooks, self.hop = self.decoder.codebooks, self.decoder.hop
         self.folder = folder
-        self.random_weights = self.decoder.random_weights
+        encoder_meta = self.encoder.get_modelmeta().custom_metadata_map.get(graphs.META_CODEC, "{}")
+        try:
+            encoder_random = bool(json.loads(encoder_meta).get("random_weights", False))
+        except ValueError:
+            raise BadInput(f"{graphs.META_CODEC} metadata is not JSON", folder / graphs.CODEC_ENCODER_FILE) from None
+        self.random_weights = self.decoder.random_weights or encoder_random  # either half exported without weights
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
         """Mono float32 audio at `sample_rate` [N] -> codes [codebooks, ceil(N / hop)] int64."""

@@ -13,7 +13,7 @@ import click
 
 from . import __version__, names, options as opt
 from .backend_options import DEFAULT_N_CTX, KV_TYPES, BackendOptions
-from .errors import ValleExportError
+from .errors import PENDING_SIGNALS, Interrupted, ValleExportError
 from .extras import missing_extra
 from .paths import FolderKind, check_output
 from .progress import Progress
@@ -55,20 +55,11 @@ def _torch_backend(model: Path):
     return TorchBackend(load_reference(model))
 
 
-class Interrupted(BaseException):
-    """SIGTERM / SIGHUP turned into an exception, so that every `finally` (the temp cleanup of
-    `atomic_path` / `atomic_dir`) runs as it does for Ctrl-C. A BaseException: `except Exception` in a
-    library cannot swallow it."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(signal.Signals(signum).name)
-
-
 def _raise_interrupted(signum, frame) -> None:
     """Signal handler: ignore further signals (so cleanup finishes), then unwind."""
     for sig in _CLEANUP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    PENDING_SIGNALS.append(signum)  # checked again before any atomic write commits
     raise Interrupted(signum)
 
 
@@ -425,7 +416,7 @@ def vocos_cmd(weights: Path | None, out_dir: Path, levels: int, seed: int, quiet
     from converters.vocos_onnx import export_vocos_onnx
     from reference_model.vocos import load_vocos
 
-    export_vocos_onnx(load_vocos(weights, seed), out_dir, levels, progress)
+    export_vocos_onnx(load_vocos(weights, seed), out_dir, levels, progress, random_weights=weights is None)
     progress.stage(f"wrote {out_dir / graphs.VOCOS_DECODER_FILE}")
 
 

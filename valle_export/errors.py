@@ -35,3 +35,26 @@ class RefusedPass(ValleExportError):
     def __init__(self, problem: str, kind: str, path=None):
         self.kind = kind
         super().__init__(problem, path)
+
+
+class Interrupted(BaseException):
+    """SIGTERM / SIGHUP turned into an exception, so that every `finally` (the temp cleanup of
+    `atomic_path` / `atomic_dir`) runs as it does for Ctrl-C. A BaseException: `except Exception` in a
+    library cannot swallow it."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+# A signal noted here is raised again before any atomic write commits: the handler's own exception can be
+# swallowed where Python ignores exceptions (a `__del__` running when the signal lands), and the export must
+# not then complete as if nothing happened.
+PENDING_SIGNALS: list[int] = []
+
+
+def raise_if_interrupted() -> None:
+    if PENDING_SIGNALS:
+        raise Interrupted(PENDING_SIGNALS[0])

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BadCheckpoint, ValleExportError
+from .errors import BadCheckpoint, ValleExportError, raise_if_interrupted
 from .paths import check_parent
 
 TEMP_SUFFIX = ".tmp"
@@ -150,6 +150,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     try:
         with _as_write_errors(tmp, final):
             yield tmp
+            raise_if_interrupted()
             os.chmod(tmp, _public_mode())
             os.replace(tmp, final)
     finally:
@@ -171,6 +172,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     try:
         with _as_write_errors(tmp, final):
             yield tmp
+            raise_if_interrupted()
             final.mkdir(exist_ok=True)
             for item in sorted(tmp.iterdir()):
                 os.chmod(item, _public_mode(item.is_dir()))
