@@ -12,7 +12,6 @@ random model, so agreement is a lower bound of what a trained model shows.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path

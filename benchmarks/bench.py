@@ -223,7 +223,8 @@ def prepare(work: Path, rows: list[str]) -> None:
     if "vocos-onnx" in rows and not (work / "codec" / "vocos_decoder.onnx").exists():
         subprocess.run(cli + ["vocos", "-o", str(work / "codec"), "-q"], check=True, env=env)
     if any(r == "onnx-int8" for r in rows) and not (work / "onnx" / "backbone.int8.onnx").exists():
-        subprocess.run(cli + ["onnx", str(work / "ckpt"), str(work / "onnx"), "--quantize", "int8"], check=True, env=env)
+        subprocess.run(cli + ["onnx", str(work / "ckpt"), str(work / "onnx"), "--quantize", "int8"], check=True,
+                       env=env)
 
 
 def print_backbone_table(results: list[dict]) -> None:
@@ -278,7 +279,8 @@ def main() -> None:
     results = []
     for row in rows:
         out = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--threads", str(args.threads),
-                              "--child", row], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              "--child", row], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
         if out.returncode != 0:
             print(f"{row}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
             continue

@@ -105,6 +105,7 @@ def export_codec_onnx(model, out_dir: Path, progress: Progress | None = None,
         report = verify_codec(model, tmp)
         progress.stage(f"decoder waveform relative error {report['decoder_rel']:.2e} (bound {DECODER_REL_BOUND:g}), "
                        f"encoder code mismatches {report['encoder_code_mismatches']}")
-        if not contracts.within(report["decoder_rel"], DECODER_REL_BOUND) or report["encoder_code_mismatches"]:  # NaN fails
+        # NaN-safe: a NaN error fails
+        if not contracts.within(report["decoder_rel"], DECODER_REL_BOUND) or report["encoder_code_mismatches"]:
             raise ValleExportError(f"EnCodec verification failed: {report}", out_dir)
     return report

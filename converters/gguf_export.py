@@ -1,6 +1,7 @@
 """Write the uniform model as a GGUF that stock llama.cpp loads, then read it back and verify it.
 
-Tensors: `converters.gguf_tensors` (built once, shared with the verifier). Metadata: the arch's own keys, `tokenizer.ggml.model = "none"`, and `valle.*`
+Tensors: `converters.gguf_tensors` (built once, shared with the verifier). Metadata: the arch's own keys,
+`tokenizer.ggml.model = "none"`, and `valle.*`
 (layout, source config, tokenizer, head row start, head biases, input scale, Q/K layout, exactness), so the
 file alone is enough for every runtime.
 
@@ -21,7 +22,6 @@ import numpy as np
 from valle_export import exactness, names, tensor_table as tt
 from valle_export.errors import BadInput, ValleExportError
 from valle_export.files import atomic_path
-from valle_export.layout import Layout
 from valle_export.progress import Progress
 
 from . import gguf_targets as targets

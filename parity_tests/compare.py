@@ -16,7 +16,8 @@ def assert_logits_close(got, want, rel_tol: float, label: str) -> float:
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape, f"{label}: shape {got.shape} != {want.shape}"
     max_abs, rel = rel_error(got, want)
-    assert contracts.within(rel, rel_tol), f"{label}: relative error {rel:.3e} (max abs {max_abs:.3e}) exceeds {rel_tol:g}"
+    assert contracts.within(rel, rel_tol), \
+        f"{label}: relative error {rel:.3e} (max abs {max_abs:.3e}) exceeds {rel_tol:g}"
     return rel
 
 

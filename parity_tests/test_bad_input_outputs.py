@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .bad_input_checks import check_one_line, child_env, invoke, refused, tree_state
+from .bad_input_checks import child_env, invoke, refused, tree_state
 
 FOLDER_WRITERS = {
     "convert": lambda src, out: ["convert", src, out, "-q"],

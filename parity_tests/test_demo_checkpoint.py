@@ -27,7 +27,8 @@ def test_seed_determines_weights(tmp_path):
     from safetensors.torch import load_file
 
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        assert CliRunner().invoke(main, ["demo-checkpoint", str(tmp_path / name), "--seed", str(seed), "-q"]).exit_code == 0
+        r = CliRunner().invoke(main, ["demo-checkpoint", str(tmp_path / name), "--seed", str(seed), "-q"])
+        assert r.exit_code == 0, r.output
     a, b, c = (load_file(str(tmp_path / n / "fp32.sft"))["sep"] for n in "abc")
     assert (a == b).all() and not (a == c).all()
 

@@ -24,10 +24,10 @@ def test_released_ranges_match_design():
     expect = {"text": (0, 256), "rvq_level": (256, 264), "lang": (264, 270), "task": (270, 279),
               "len": (279, 290), "tone": (290, 291), "sep": (291, 292), "AR:0:0": (8484, 9509),
               "NAR:0:0": (16677, 17702)}
-    for l in range(8):
-        expect[names.table_prompt(l)] = (292 + 1024 * l, 292 + 1024 * (l + 1))
-    for l in range(1, 8):
-        expect[names.resp_name(l, 8)] = (9509 + 1024 * (l - 1), 9509 + 1024 * l)
+    for level in range(8):
+        expect[names.table_prompt(level)] = (292 + 1024 * level, 292 + 1024 * (level + 1))
+    for level in range(1, 8):
+        expect[names.resp_name(level, 8)] = (9509 + 1024 * (level - 1), 9509 + 1024 * level)
     got = {t.name: (t.start, t.stop) for t in layout.tables}
     assert got == expect
     heads = {h.name: (h.index, h.start, h.rows) for h in layout.heads}

@@ -24,7 +24,8 @@ def backends(onnx_folder, checkpoint, variant="fp32"):
     from reference_model.load import load_reference
     from runtimes.onnx_backend import OnnxBackend, SessionConfig
 
-    return OnnxBackend(onnx_folder, SessionConfig(provider="cpu", variant=variant)), TorchBackend(load_reference(checkpoint))
+    onnx = OnnxBackend(onnx_folder, SessionConfig(provider="cpu", variant=variant))
+    return onnx, TorchBackend(load_reference(checkpoint))
 
 
 @pytest.mark.parametrize("variant", DEMO_VARIANTS, ids=lambda v: "-".join(v))

@@ -104,8 +104,9 @@ def test_decoder_choice(exported, tmp_path):
     (tmp_path / "encodec_only").mkdir()
     (tmp_path / "encodec_only" / "encodec_encoder.onnx").write_bytes(b"stand-in")
     assert find_codec(model, None, "encodec").decoder.name == "encodec"
-    r = CliRunner().invoke(main, ["synthesize", str(model), "--phonemes", "a", "--codec", str(tmp_path / "encodec_only"),
-                                  "--decoder", "vocos", "--out", str(tmp_path / "o.wav")])
+    r = CliRunner().invoke(main, ["synthesize", str(model), "--phonemes", "a", "--codec",
+                                  str(tmp_path / "encodec_only"), "--decoder", "vocos",
+                                  "--out", str(tmp_path / "o.wav")])
     assert_one_line_error(r, "no vocos_decoder.onnx", "valle-export vocos -o")
 
 

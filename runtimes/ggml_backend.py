@@ -138,7 +138,8 @@ class GgmlBackend(CachedPassBackend):
     def _meta_context(self):
         """A no_alloc context for the graph's tensor headers, on a reused buffer."""
         g = self._g
-        need = (self.n_layers * NODES_PER_LAYER + GLOBAL_NODES) * g.ggml_tensor_overhead() + g.ggml_graph_overhead_custom(GRAPH_NODES, False)
+        need = ((self.n_layers * NODES_PER_LAYER + GLOBAL_NODES) * g.ggml_tensor_overhead()
+                + g.ggml_graph_overhead_custom(GRAPH_NODES, False))
         if self._meta is None or self._meta.nbytes < need:
             self._meta = np.zeros(need, dtype=np.uint8)
         return g.ggml_init(g.ggml_init_params(mem_size=self._meta.nbytes,
@@ -207,7 +208,8 @@ class GgmlBackend(CachedPassBackend):
             gf = g.ggml_new_graph_custom(ctx, GRAPH_NODES, False)
             x = self._input(ctx, np.ascontiguousarray(embeds, np.float32), g.GGML_TYPE_F32, pending)
             pos = self._input(ctx, np.ascontiguousarray(positions, np.int32), g.GGML_TYPE_I32, pending)
-            mask = self._input(ctx, np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0]), g.GGML_TYPE_F32, pending)
+            mask = np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0])
+            mask = self._input(ctx, mask, g.GGML_TYPE_F32, pending)
             for layer in range(self.n_layers):
                 attn = self._attention(ctx, gf, self._norm(ctx, x, self._layer_weights(layer)(MT.ATTN_NORM)),
                                        pos, mask, layer, past, n)

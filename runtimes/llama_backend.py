@@ -84,7 +84,8 @@ class LlamaCppBackend(CachedPassBackend):
         try:
             import llama_cpp
         except ImportError:
-            raise BadInput("the llama.cpp backend needs llama-cpp-python (pip install 'valle-export[llamacpp]')") from None
+            raise BadInput("the llama.cpp backend needs llama-cpp-python "
+                           "(pip install 'valle-export[llamacpp]')") from None
         self._L = llama_cpp
         self.file = GgufModelFile.open(path)
         self.layout = self.file.layout

@@ -177,7 +177,6 @@ def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np
                context: Context | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """One piece: returns (audio [samples], codes [frames, levels], summary). `settings.modality` must be
     resolved (not `auto`); `context` holds earlier pieces (level 0 only, sliced off)."""
-    from .codec import MIN_DECODE_FRAMES
 
     timings = {}
     cond = Conditioning(phn, lang, prompt, context)

@@ -10,4 +10,5 @@ CMAKE_ARGS="-DGGML_LLAMAFILE=ON" pip install -q torch==2.13.0 -e '.[test]'
 # the `vocos` package, only as a reference for parity_tests/test_vocos.py: --no-deps, so never torchaudio or
 # encodec (they break transformers here); without it that one test skips
 pip install -q --no-deps vocos==0.1.0 || echo "vocos not installed: its package comparison test will skip"
-python -m pytest -q
+ruff check .  # the linter configuration is in pyproject.toml
+python -m pytest -q --durations=25

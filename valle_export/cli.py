@@ -248,7 +248,8 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 @click.option("--float-wav/--pcm16-wav", default=True, show_default=True,
               help="WAV samples: 32-bit float (the original's) or 16-bit PCM.")
 @click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml", "torch"]), default="auto",
-              show_default=True, help="auto: onnx for a folder, llamacpp for a .gguf (ggml: the exact graph on the same file).")
+              show_default=True,
+              help="auto: onnx for a folder, llamacpp for a .gguf (ggml: the exact graph on the same file).")
 @click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
               help="ONNX backbone variant; auto: fp32, else fp16, else int8, whichever was exported.")
 @click.option("--modality", type=click.Choice(["auto", "ar+nar", "nar-len"]), default="auto", show_default=True,
@@ -290,7 +291,8 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 @quiet_option
 @_one_line_errors
 def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language, tokenizer, prompt, prompt_seconds,
-                   voice, out, fmt, float_wav, backend, variant, modality, codec_dir, decoder, split_text_by, context_history,
+                   voice, out, fmt, float_wav, backend, variant, modality, codec_dir, decoder, split_text_by,
+                   context_history,
                    max_duration, ar_temperature, nar_temperature, top_k, top_p, min_p, top_no, repetition_penalty,
                    repetition_penalty_decay, length_penalty, dry_multiplier, dry_base, dry_allowed_length,
                    demask_steps, cfg_strength, cfg_rescale, seed, threads, n_ctx, kv_type, as_json, quiet) -> None:
@@ -545,7 +547,8 @@ def generate_cmd(model: Path, phonemes: str, lang: int, prompt_frames: int, max_
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
     backend = TorchBackend(load_reference(model))
-    prompt = np.random.default_rng(seed).integers(0, backend.layout.audio_tokens, (prompt_frames, backend.layout.audio_levels))
+    layout = backend.layout
+    prompt = np.random.default_rng(seed).integers(0, layout.audio_tokens, (prompt_frames, layout.audio_levels))
     cond = Conditioning(phn, lang, prompt)
     progress.stage("AR level 0")
     t0 = time.perf_counter()
@@ -554,7 +557,8 @@ def generate_cmd(model: Path, phonemes: str, lang: int, prompt_frames: int, max_
     progress.stage(f"NAR levels 1..{backend.layout.audio_levels - 1}")
     codes = generate_nar(backend, cond, codes0)
     t2 = time.perf_counter()
-    summary = {"frames": int(len(codes0)), "ar_s": round(t1 - t0, 4), "ar_ms_per_step": round(1000 * (t1 - t0) / max(1, len(codes0)), 2),
+    summary = {"frames": int(len(codes0)), "ar_s": round(t1 - t0, 4),
+               "ar_ms_per_step": round(1000 * (t1 - t0) / max(1, len(codes0)), 2),
                "nar_s": round(t2 - t1, 4), "kv_cache": not no_cache, "codes_head": codes[:4, :].tolist()}
     if as_json:
         click.echo(json.dumps(summary))

@@ -174,7 +174,8 @@ def _native_tables(cfg: ValleConfig) -> list[tuple[str, int, str]]:
     if cfg.tones > 0:
         tables.append((names.TABLE_TONE, cfg.tones, names.NATIVE_TONES))
     tables.append((names.TABLE_SEP, 1, names.NATIVE_SEP))
-    tables += [(names.table_prompt(l), cfg.audio_tokens, names.native_prompt_table(l)) for l in range(cfg.resp_levels)]
+    tables += [(names.table_prompt(level), cfg.audio_tokens, names.native_prompt_table(level))
+               for level in range(cfg.resp_levels)]
     # response tables: 0 = AR (codes + stop), 1..levels-1 = NAR, levels = NAR-len (codes + mask)
     for i in range(cfg.resp_levels + 1):
         rows = cfg.audio_tokens + (1 if i in (0, cfg.resp_levels) else 0)

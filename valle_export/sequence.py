@@ -61,7 +61,8 @@ def _summed(layout: Layout, tables: list[str], codes: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes, dtype=np.int64)
     if codes.ndim != 2 or codes.shape[1] < len(tables):
         raise BadInput(f"codes must be [frames, >= {len(tables)} levels], got shape {codes.shape}")
-    return np.stack([_ids(layout, t, codes[:, l]) for l, t in enumerate(tables)], axis=1).reshape(-1, len(tables))
+    columns = [_ids(layout, t, codes[:, level]) for level, t in enumerate(tables)]
+    return np.stack(columns, axis=1).reshape(-1, len(tables))
 
 
 def _assemble(layout: Layout, segments: list[tuple[np.ndarray, int]], head: str) -> PassSpec:
@@ -93,7 +94,7 @@ def _prefix(layout: Layout, phn, lang: int, level: int, prompt, prompt_levels: i
         segs.append((_ids(layout, names.TABLE_LANG, [lang])[:, None], SEGMENT_LANG))
     segs.append((_ids(layout, names.TABLE_RVQ, [level])[:, None], SEGMENT_RVQ))
     if prompt is not None:
-        tables = [names.table_prompt(l) for l in range(prompt_levels)]
+        tables = [names.table_prompt(level) for level in range(prompt_levels)]
         segs.append((_summed(layout, tables, prompt), SEGMENT_PROMPT))
     return segs
 
@@ -113,7 +114,7 @@ def nar_pass(layout: Layout, phn, lang: int, prompt, resp, level: int) -> PassSp
     if not 1 <= level < layout.audio_levels:
         raise BadInput(f"NAR level must be 1..{layout.audio_levels - 1}, got {level}")
     segs = _prefix(layout, phn, lang, level, prompt, level)
-    tables = [names.resp_name(l + 1, layout.audio_levels) for l in range(level)]
+    tables = [names.resp_name(below + 1, layout.audio_levels) for below in range(level)]
     head = names.head_nar(level)
     return _assemble(layout, segs + [(_summed(layout, tables, resp), SEGMENT_RESP)], head)
 
