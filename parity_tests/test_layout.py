@@ -11,7 +11,7 @@ from valle_export.layout import Layout, layout_from_config
 
 
 def released_config(**experimental) -> dict:
-    from reference_model.demo import DemoSpec, demo_config
+    from valle_export.demo_config import DemoSpec, demo_config
 
     raw = demo_config(DemoSpec(size="full"))
     raw["experimental"].update(experimental)

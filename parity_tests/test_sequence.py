@@ -4,7 +4,7 @@ import numpy as np
 from valle_export import sequence as seq
 from valle_export.config import parse_config
 from valle_export.layout import layout_from_config
-from reference_model.demo import DemoSpec, demo_config
+from valle_export.demo_config import DemoSpec, demo_config
 
 
 def layout(positions="segmented", masks=True):
