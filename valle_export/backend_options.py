@@ -10,6 +10,8 @@ RUNTIME_BACKENDS = ("onnx", "llamacpp", "ggml")  # torch-free; `torch` (the refe
 KV_TYPES = ("f32", "f16")
 ONNX_PROVIDERS = ("auto", "cpu", "cuda")
 ONNX_VARIANTS = ("fp32", "fp16", "int8")
+# the one precision vocabulary (as gguf --outtype): ONNX export word -> (graph dtype, quantization)
+ONNX_OUTTYPES = {"f32": ("fp32", None), "f16": ("fp16", None), "int8": ("fp32", "int8")}
 DEFAULT_N_CTX = 4096  # positions one pass may hold: 12 s of audio with a long prompt and text fits in 2k
 
 

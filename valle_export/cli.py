@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__, names, options as opt
-from .backend_options import DEFAULT_N_CTX, KV_TYPES, BackendOptions
+from .backend_options import DEFAULT_N_CTX, KV_TYPES, ONNX_OUTTYPES, RUNTIME_BACKENDS, BackendOptions
 from .errors import PENDING_SIGNALS, Interrupted, ValleExportError
 from .extras import missing_extra
 from .paths import FolderKind, check_output
@@ -106,6 +106,20 @@ class OneLineGroup(click.Group):
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+output_option = click.option("-o", "--output", "output", type=opt.OUTPUT, default=None,
+                             help="Where to write (the same as the positional OUT).")
+
+
+def _output(positional: Path | None, option: Path | None, what: str = "OUT_DIR") -> Path:
+    """Every writer takes `-o/--output`; the older positional form still works. One of them, once."""
+    from .errors import BadInput
+
+    if positional is not None and option is not None and positional != option:
+        raise BadInput(f"give the output once: {what} or -o/--output")
+    out = option if option is not None else positional
+    if out is None:
+        raise BadInput(f"missing the output: -o/--output (or {what})")
+    return out
 threads_option = click.option("--threads", type=opt.THREADS, default=0, show_default=True,
                               help="CPU threads of the backend (0 = every core).")
 n_ctx_option = click.option("--n-ctx", type=opt.N_CTX, default=DEFAULT_N_CTX, show_default=True,
@@ -124,11 +138,13 @@ def main() -> None:
 
 @main.command("convert")
 @click.argument("ckpt", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=opt.OUTPUT)
+@click.argument("out_dir", type=opt.OUTPUT, required=False)
+@output_option
 @quiet_option
 @_one_line_errors
-def convert_cmd(ckpt: Path, out_dir: Path, quiet: bool) -> None:
+def convert_cmd(ckpt: Path, out_dir: Path | None, output: Path | None, quiet: bool) -> None:
     """Write the uniform-ID HF folder (LlamaForCausalLM + layout + head biases) of CKPT to OUT_DIR."""
+    out_dir = _output(out_dir, output)
     check_output(out_dir, [ckpt], folder=True, refused_kinds=_NOT_FOR_UNIFORM)
     progress = Progress(quiet)
     progress.stage(f"loading {ckpt}")
@@ -142,7 +158,8 @@ def convert_cmd(ckpt: Path, out_dir: Path, quiet: bool) -> None:
 
 
 @main.command("demo-checkpoint")
-@click.argument("out", type=opt.OUTPUT)
+@click.argument("out", type=opt.OUTPUT, required=False)
+@output_option
 @click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True)
 @click.option("--seed", type=opt.SEED, default=0, show_default=True)
 @click.option("--hidden-act", type=click.Choice(["gelu", "silu"]), default="gelu", show_default=True)
@@ -153,10 +170,12 @@ def convert_cmd(ckpt: Path, out_dir: Path, quiet: bool) -> None:
 @click.option("--capabilities", default="ar,nar,len", show_default=True)
 @quiet_option
 @_one_line_errors
-def demo_checkpoint_cmd(out: Path, size: str, seed: int, hidden_act: str, positions: str, masks: str,
-                        capabilities: str, quiet: bool) -> None:
+def demo_checkpoint_cmd(out: Path | None, output: Path | None, size: str, seed: int, hidden_act: str, positions: str,
+                        masks: str, capabilities: str, quiet: bool) -> None:
     """Write a seeded random-weight native checkpoint (OUT/fp32.sft); `--size full` is the released shape."""
     from .errors import BadInput
+
+    out = _output(out, output, "OUT")
 
     check_output(out, folder=True, refused_kinds=_NOT_FOR_CHECKPOINT)
     caps = tuple(c.strip() for c in capabilities.split(",") if c.strip())
@@ -174,16 +193,27 @@ def demo_checkpoint_cmd(out: Path, size: str, seed: int, hidden_act: str, positi
 
 @main.command("onnx")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=opt.OUTPUT)
+@click.argument("out_dir", type=opt.OUTPUT, required=False)
+@output_option
 @click.option("--opset", type=opt.OPSET, default=23, show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Weights and compute of the backbone graph (its inputs and outputs stay float32).")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Dynamic int8 MatMul weights (from the fp32 graph).")
+@click.option("--outtype", type=click.Choice(list(ONNX_OUTTYPES)), default=None,
+              help="f32 (default), f16 (weights and compute; inputs and outputs stay float32), or int8 (dynamic "
+                   "int8 MatMul weights, from the f32 graph). The same words as gguf --outtype.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default=None, hidden=True)  # older spelling
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, hidden=True)  # older spelling
 @quiet_option
 @_one_line_errors
-def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str | None, quiet: bool) -> None:
+def onnx_cmd(model: Path, out_dir: Path | None, output: Path | None, opset: int, outtype: str | None,
+             dtype: str | None, quantize: str | None, quiet: bool) -> None:
     """Export MODEL (native checkpoint or uniform folder) to ONNX in OUT_DIR, verified against the reference."""
+    from .errors import BadInput
+
+    out_dir = _output(out_dir, output)
+    if outtype is not None:
+        if dtype is not None or quantize is not None:
+            raise BadInput("give --outtype alone (--dtype / --quantize are its older spelling)")
+        dtype, quantize = ONNX_OUTTYPES[outtype]
+    dtype = dtype or "fp32"
     check_output(out_dir, [model], folder=True, refused_kinds=_NOT_FOR_ONNX)
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
@@ -242,12 +272,12 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
               help="Repeat or trim the prompt to this length; 0 = the whole clips.")
 @click.option("--voice", type=click.Path(path_type=Path), default=None,
               help="A voice file from `valle-export voice` (instead of --prompt; no encoder run).")
-@click.option("--out", type=opt.OUTPUT, default=Path("out.wav"), show_default=True)
+@click.option("-o", "--output", "--out", "out", type=opt.OUTPUT, default=Path("out.wav"), show_default=True)
 @click.option("--format", "fmt", type=click.Choice(list(names.AUDIO_FORMATS)), default=None,
               help="Output format (default: from --out's extension, else wav).")
 @click.option("--float-wav/--pcm16-wav", default=True, show_default=True,
               help="WAV samples: 32-bit float (the original's) or 16-bit PCM.")
-@click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml", "torch"]), default="auto",
+@click.option("--backend", type=click.Choice(["auto", *RUNTIME_BACKENDS, "torch"]), default="auto",
               show_default=True,
               help="auto: onnx for a folder, llamacpp for a .gguf (ggml: the exact graph on the same file).")
 @click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
@@ -371,18 +401,24 @@ def voice_cmd(clips: tuple[Path, ...], out: Path, codec_dir: Path, prompt_second
 
 
 @main.command("encodec")
-@click.argument("paths", nargs=-1, required=True, type=opt.OUTPUT, metavar="[WEIGHTS] OUT_DIR")
+@click.argument("paths", nargs=-1, type=opt.OUTPUT, metavar="[WEIGHTS] [OUT_DIR]")
+@output_option
 @click.option("--seed", type=opt.SEED, default=0, show_default=True, help="Seed of the random default (no WEIGHTS).")
 @quiet_option
 @_one_line_errors
-def encodec_cmd(paths: tuple[Path, ...], seed: int, quiet: bool) -> None:
+def encodec_cmd(paths: tuple[Path, ...], output: Path | None, seed: int, quiet: bool) -> None:
     """Export EnCodec 24 kHz (6 kbps, 8 codebooks) as ONNX encoder and decoder graphs. WEIGHTS: a transformers
     folder or an original `encodec_24khz-*.th` state dict; without it, the seeded random-weight default."""
     from .errors import BadInput
 
-    if len(paths) > 2:
-        raise BadInput("expected [WEIGHTS] OUT_DIR")
-    weights, out_dir = (None, paths[0]) if len(paths) == 1 else paths
+    if len(paths) > 2 or (output is not None and len(paths) > 1):
+        raise BadInput("expected [WEIGHTS] OUT_DIR, or [WEIGHTS] -o OUT_DIR")
+    if output is not None:
+        weights, out_dir = (paths[0] if paths else None), output
+    elif paths:
+        weights, out_dir = (None, paths[0]) if len(paths) == 1 else paths
+    else:
+        raise BadInput("missing the output: -o/--output (or OUT_DIR)")
     check_output(out_dir, [weights], folder=True, refused_kinds=_NOT_FOR_ONNX)
     progress = Progress(quiet)
     progress.stage(f"loading EnCodec ({weights or f'random weights, seed {seed}'})")
@@ -459,7 +495,7 @@ def inspect_cmd(file: Path) -> None:
         click.echo(line)
 
 
-def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path, options):
+def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path, options, progress: Progress):
     """The backend to check: torch on the fixture's checkpoint, or an exported file (made now if not given:
     an f32 GGUF for the GGUF backends, an fp32 ONNX folder for onnx)."""
     if backend == "torch":
@@ -473,24 +509,26 @@ def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: P
             from converters.gguf_export import export_gguf
 
             model = tmp / "model.gguf"
-            export_gguf(load_reference(fixture_dir), model, "f32")
+            export_gguf(load_reference(fixture_dir), model, "f32", progress=progress)
         else:
             from converters.onnx_export import export_onnx
 
             model = tmp / "onnx"
-            export_onnx(load_reference(fixture_dir), model)
+            export_onnx(load_reference(fixture_dir), model, progress=progress)
     return open_backend(model, backend, options)
 
 
 @main.command("check-fixture")
 @click.argument("fixture_dir", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["torch", "onnx", "llamacpp", "ggml"]), default="torch", show_default=True)
+@click.option("--backend", type=click.Choice(["torch", *RUNTIME_BACKENDS]), default="torch", show_default=True)
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="An exported model to check (default: export the fixture's checkpoint to a temp folder).")
 @threads_option
 @n_ctx_option
+@quiet_option
 @_one_line_errors
-def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None, threads: int, n_ctx: int) -> None:
+def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None, threads: int, n_ctx: int,
+                      quiet: bool) -> None:
     """Run a golden fixture (checkpoint + recorded outputs of the original) and report per-case errors.
     Exit 1 if any case is beyond tolerance."""
     import tempfile
@@ -499,7 +537,7 @@ def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None, threa
 
     with tempfile.TemporaryDirectory() as tmp:
         options = BackendOptions(threads=threads, n_ctx=n_ctx, provider="cpu")
-        runner = _fixture_backend(fixture_dir, backend, model, Path(tmp), options)
+        runner = _fixture_backend(fixture_dir, backend, model, Path(tmp), options, Progress(quiet))
         results = check_fixture(fixture_dir, runner)
     for r in results:
         click.echo(r.line())
@@ -515,9 +553,9 @@ def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None, threa
 
 @main.command("generate")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--phonemes", default="1,40,62,9,33,4,115,25,11,2", show_default=True,
-              help="Phoneme token ids, comma separated (bos 1 ... eos 2).")
-@click.option("--lang", type=opt.LANG_ID, default=0, show_default=True)
+@click.option("--phoneme-ids", "phonemes", default="1,40,62,9,33,4,115,25,11,2", show_default=True,
+              help="Phoneme token ids, comma separated (bos 1 ... eos 2), as synthesize --phoneme-ids.")
+@click.option("--lang", default="en", show_default=True, help="Language of the language token, as synthesize.")
 @click.option("--prompt-frames", type=opt.FRAMES, default=75, show_default=True,
               help="Length of the seeded random acoustic prompt (frames of 8 codes).")
 @click.option("--max-frames", type=opt.FRAMES, default=75, show_default=True)
@@ -526,7 +564,7 @@ def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None, threa
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
 @quiet_option
 @_one_line_errors
-def generate_cmd(model: Path, phonemes: str, lang: int, prompt_frames: int, max_frames: int, seed: int,
+def generate_cmd(model: Path, phonemes: str, lang: str, prompt_frames: int, max_frames: int, seed: int,
                  no_cache: bool, as_json: bool, quiet: bool) -> None:
     """Greedy AR + NAR codes on the torch reference (no audio): the baseline every backend must match."""
     import json
@@ -543,7 +581,10 @@ def generate_cmd(model: Path, phonemes: str, lang: int, prompt_frames: int, max_
     try:
         phn = np.array([int(x) for x in phonemes.split(",")], dtype=np.int64)
     except ValueError:
-        raise BadInput(f"--phonemes: not a comma-separated list of integers: {phonemes!r}") from None
+        raise BadInput(f"--phoneme-ids: not a comma-separated list of integers: {phonemes!r}") from None
+    from runtimes.text import language_id
+
+    lang = language_id(lang)
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
     backend = TorchBackend(load_reference(model))
