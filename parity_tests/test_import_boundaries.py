@@ -23,7 +23,8 @@ COMPOSITION_ROOT = "valle_export.cli"
 
 
 def package_modules(package: str) -> list[str]:
-    found = [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(REPO / package)])]
+    """Every module of the package, subpackages (runtimes.server) included."""
+    found = [package] + [m.name for m in pkgutil.walk_packages([str(REPO / package)], prefix=f"{package}.")]
     assert len(found) > 1, f"no modules found under {package}"
     return found
 
