@@ -33,7 +33,7 @@ def imported_names(module: str) -> set[str]:
     """Every module name an `import` statement of this module's source names (top level or nested)."""
     path = REPO / (module.replace(".", "/") + ".py")
     if not path.exists():
-        path = REPO / module / "__init__.py"
+        path = REPO / module.replace(".", "/") / "__init__.py"
     tree = ast.parse(path.read_text(), str(path))
     out = set()
     for node in ast.walk(tree):
