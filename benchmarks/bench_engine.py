@@ -142,9 +142,10 @@ def main() -> None:
     print(f"\n| {args.requests} requests (1-3 sentences, <= {args.max_duration} s each) | time to first audio "
           "median / p90 | requests/min | mean AR batch |")
     print("|---|---:|---:|---:|")
-    for label, concurrent in (("one at a time", False), ("all at once (engine)", True)):
+    for label, concurrent in (("one request at a time", False), ("all at once (engine)", True)):
         r = load(tts, args.requests, concurrent, args.max_duration)
-        print(f"| {label} | {r['ttfa_median']:.2f} s / {r['ttfa_p90']:.2f} s | {r['rpm']:.1f} | {r['mean_batch']:.2f} |")
+        print(f"| {label} | {r['ttfa_median']:.2f} s / {r['ttfa_p90']:.2f} s | {r['rpm']:.1f} "
+              f"| {r['mean_batch']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -183,7 +183,8 @@ def test_uploaded_voice_survives_a_restart(served_model, tmp_path):
     first = VoiceStore(tmp_path / "store", codec)
     info = first.create("kept", (tmp_path / "a.wav").read_bytes(), ".wav")
     again = VoiceStore(tmp_path / "store", codec)
-    assert again.get(info["id"])["name"] == "kept" and np.array_equal(again.prompt(info["id"]), first.prompt(info["id"]))
+    assert again.get(info["id"])["name"] == "kept"
+    assert np.array_equal(again.prompt(info["id"]), first.prompt(info["id"]))
 
 
 def test_operations(server):

@@ -360,7 +360,8 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml"]), default="auto",
-              show_default=True, help="onnx batches concurrent requests; llamacpp and ggml run one sentence at a time.")
+              show_default=True,
+              help="onnx batches concurrent requests; llamacpp and ggml run one sentence at a time.")
 @click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True)
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with the EnCodec graphs (default: beside MODEL).")

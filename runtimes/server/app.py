@@ -127,7 +127,8 @@ def create_app(tts, engine: Engine, voices: VoiceStore, config: ServerConfig = S
             raise ApiError(400, str(err), "input") from None
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         try:
-            job = engine.submit(pieces, prompt, req.settings(), lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+            job = engine.submit(pieces, prompt, req.settings(),
+                                lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
         except QueueFull as err:
             raise ApiError(429, str(err), code="rate_limit_exceeded", headers={"Retry-After": str(err.retry_after)},
                            kind="rate_limit_error") from None
