@@ -120,3 +120,22 @@ def gguf_export(tmp_path_factory, demo_checkpoint):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def served_model(onnx_export, demo_checkpoint):
+    """What `valle-export serve` needs, built once per session for the serving tests: the ONNX export of a
+    tiny demo (gelu, unified positions, causal masks) with its tokenizer and random-weight EnCodec graphs."""
+    from click.testing import CliRunner
+
+    from reference_model.load import tokenizer_beside
+    from valle_export.cli import main
+
+    folder = onnx_export(DEMO_VARIANTS[1])
+    tokenizer = tokenizer_beside(demo_checkpoint(*DEMO_VARIANTS[1]))
+    if tokenizer is not None and not (folder / tokenizer.name).is_file():
+        shutil.copyfile(tokenizer, folder / tokenizer.name)
+    if not (folder / "encodec_decoder.onnx").is_file():
+        r = CliRunner().invoke(main, ["encodec", str(folder), "-q"])
+        assert r.exit_code == 0, r.output
+    return folder

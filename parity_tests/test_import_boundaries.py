@@ -23,7 +23,8 @@ COMPOSITION_ROOT = "valle_export.cli"
 
 
 def package_modules(package: str) -> list[str]:
-    found = [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(REPO / package)])]
+    """Every module of the package, subpackages (runtimes.server) included."""
+    found = [package] + [m.name for m in pkgutil.walk_packages([str(REPO / package)], prefix=f"{package}.")]
     assert len(found) > 1, f"no modules found under {package}"
     return found
 
@@ -32,7 +33,7 @@ def imported_names(module: str) -> set[str]:
     """Every module name an `import` statement of this module's source names (top level or nested)."""
     path = REPO / (module.replace(".", "/") + ".py")
     if not path.exists():
-        path = REPO / module / "__init__.py"
+        path = REPO / module.replace(".", "/") / "__init__.py"
     tree = ast.parse(path.read_text(), str(path))
     out = set()
     for node in ast.walk(tree):

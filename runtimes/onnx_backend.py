@@ -16,6 +16,7 @@ from valle_export.backend_base import CachedPassBackend
 from valle_export.errors import BadInput
 from valle_export.layout import Layout
 
+from .batch_cache import BatchCache, batch_mask
 from .host_weights import HostWeights
 
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -156,6 +157,39 @@ class OnnxBackend(CachedPassBackend):
         self.session.run_with_iobinding(binding)
         outs = binding.get_outputs()
         return outs[0].numpy()[0], list(outs[1:])
+
+    # --- several sequences per call (the graph's batch axis) -------------------------------------------
+    def empty_cache(self, rows: int) -> BatchCache:
+        return BatchCache.empty(rows, self.n_layers, self.kv_heads, self.head_dim)
+
+    def batch_hidden(self, queries: list[tuple[np.ndarray, np.ndarray, bool]], cache: BatchCache | None = None
+                     ) -> tuple[list[np.ndarray], BatchCache]:
+        """Final-norm hidden [n_r, d] of each row's new positions `(rows, positions, causal)` placed after row
+        r of `cache` (None: no past), and the cache with them added. One backbone call for every row; each
+        row's result equals its unbatched run (padding is masked: `runtimes.batch_cache`)."""
+        cache = cache if cache is not None else self.empty_cache(len(queries))
+        if cache.rows != len(queries):
+            raise ValueError(f"{len(queries)} queries for a cache of {cache.rows} rows")
+        lengths = [len(r) for r, _, _ in queries]
+        q = max(lengths)
+        embeds = np.zeros((len(queries), q, self.layout.hidden_size), dtype=np.float32)
+        positions = np.zeros((len(queries), q), dtype=np.int64)
+        for b, (rows, pos, _) in enumerate(queries):
+            embeds[b, :len(rows)] = self.weights.embed(rows)
+            positions[b, :len(rows)] = pos
+        mask, new_valid = batch_mask(cache.valid, lengths, [c for _, _, c in queries])
+        feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+        feeds.update({graphs.past_name(i // 2, ("key", "value")[i % 2]): p for i, p in enumerate(cache.kv)})
+        out = self.session.run(None, feeds)
+        hidden = [out[0][b, :n] for b, n in enumerate(lengths)]
+        return hidden, BatchCache(out[1:], np.concatenate([cache.valid, new_valid], axis=1))
+
+    def batch_logits(self, specs: list[seq.PassSpec]) -> list[np.ndarray]:
+        """Full passes (no cache) of several specs in one call: float32 [spec.n_outputs, head rows] each."""
+        for spec in specs:
+            self._check_pass(spec)
+        hidden, _ = self.batch_hidden([(s.rows, s.positions, s.causal) for s in specs])
+        return [self.head_logits(h[s.out_start:], s.head) for h, s in zip(hidden, specs)]
 
     # --- pass plumbing hooks (valle_export.backend_base) -------------------------------------------------
     def _full_hidden(self, spec: seq.PassSpec) -> np.ndarray:

@@ -378,6 +378,63 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
     progress.stage(f"wrote {out}")
 
 
+@main.command("serve")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml"]), default="auto",
+              show_default=True,
+              help="onnx batches concurrent requests; llamacpp and ggml run one sentence at a time.")
+@click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True)
+@click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with the EnCodec graphs (default: beside MODEL).")
+@click.option("--decoder", type=click.Choice(["vocos", "encodec"]), default=None)
+@click.option("--voices-dir", type=click.Path(path_type=Path), default=None,
+              help="Where uploaded voices are kept (default: ~/.local/share/valle-export/voices).")
+@click.option("--voice", "voice_specs", multiple=True, metavar="NAME=FILE",
+              help="A voice clients may name (an OpenAI name such as alloy, or any): voice file or audio clip.")
+@click.option("--model-name", default="valle", show_default=True, help="The `model` id; tts-1 etc. are aliases.")
+@click.option("--max-rows", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Sentences stepped together (AR batch width).")
+@click.option("--max-queue", type=click.IntRange(0, 100000), default=64, show_default=True,
+              help="Requests waiting for a row before new ones get 429.")
+@click.option("--max-kv-mb", type=click.IntRange(1, 1 << 20), default=1024, show_default=True,
+              help="KV cache budget of the AR batch.")
+@threads_option
+@n_ctx_option
+@_one_line_errors
+def serve_cmd(model: Path, host: str, port: int, backend: str, variant: str, codec_dir, decoder, voices_dir,
+              voice_specs, model_name: str, max_rows: int, max_queue: int, max_kv_mb: int, threads: int,
+              n_ctx: int) -> None:
+    """Serve MODEL over HTTP: OpenAI's POST /v1/audio/speech, voices, metrics and a web page at /."""
+    import os
+
+    from runtimes.engine import Engine, EngineConfig
+    from runtimes.synthesizer import Synthesizer
+
+    import uvicorn  # a missing `serve` extra is one line (valle_export.extras)
+
+    from runtimes.server.app import ServerConfig, create_app
+    from runtimes.server.voices import VoiceStore, configured_voice
+    tts = Synthesizer.open(model, backend, codec_dir, variant, threads, decoder=decoder, n_ctx=n_ctx)
+    for line in tts.warnings():
+        click.echo(line, err=True)
+    configured = dict(configured_voice(tts.codec, spec) for spec in voice_specs)
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    store = VoiceStore(voices_dir or data_home / "valle-export" / "voices", tts.codec, configured)
+    engine = Engine(tts, EngineConfig(max_rows=max_rows, max_queue=max_queue, max_kv_bytes=max_kv_mb << 20))
+    app = create_app(tts, engine, store, ServerConfig(model_name=model_name))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: anyone who can reach it may synthesize and upload voices",
+                   err=True)
+    click.echo(f"serving {model} on http://{host}:{port}/ ({tts.backend.name}, "
+               f"{'batched' if engine.batched else 'one sentence at a time'})", err=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        engine.close()
+
+
 @main.command("voice")
 @click.argument("clips", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", type=opt.OUTPUT, required=True, help="The voice file (.npz).")

@@ -14,6 +14,12 @@ OPTIONAL_MODULES: dict[str, str] = {
     "yaml": "export",
     "llama_cpp": "llamacpp",
     "ggml": "ggml",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "prometheus_client": "serve",
+    "lameenc": "serve",
 }
 
 

@@ -1,0 +1,152 @@
+"""Batched serving benchmark (issue 20), one run, one printed table:
+
+1. AR throughput: B rows stepping together through `ArBatch` (one backbone call per step) for B = 1, 2, 4, 8,
+   in AR tokens per second, against the single-stream cached loop (`pipeline.generate_ar`), and the ratio to
+   the goal 0.7 x B x single stream;
+2. the engine under load: a fixed mix of requests (1-3 sentences, AR+NAR, greedy and sampled) submitted at
+   once: time to first audio (median, p90), requests per minute, mean AR batch; and the same mix one request
+   at a time.
+
+    PYTHONPATH=. python benchmarks/bench_engine.py MODEL_DIR [--threads N] [--frames 60] [--requests 8]
+
+MODEL_DIR: an ONNX export with EnCodec graphs beside it (and tokenizer.json); fp32 unless --variant.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import numpy as np
+
+from runtimes.ar_batch import ArBatch, ArRow
+from runtimes.engine import Engine, EngineConfig
+from runtimes.pipeline import Conditioning, generate_ar
+from runtimes.samplers import SamplerSettings
+from runtimes.synthesize import SynthesisSettings
+from runtimes.synthesizer import Synthesizer
+
+MIX = ["həlˈoʊ wˈɜːld.", "ðɪs ɪz ɐ tˈɛst. ɡʊdbˈaɪ nˈaʊ!", "wˈʌn mˈɔːɹ tˈaɪm. ænd ɐɡˈɛn. ænd ðə lˈæst wˈʌn."]
+
+
+def _cond(tts, i: int) -> Conditioning:
+    rng = np.random.default_rng(i)
+    phn = tts.pieces(_ipa(MIX[i % len(MIX)]), "none")[0][0]
+    return Conditioning(phn, 0, rng.integers(0, 1024, (75, 8)).astype(np.int64))
+
+
+def _ipa(text: str):
+    from runtimes.synthesize import TextInput
+
+    return TextInput(phonemes=text)
+
+
+class _NoStop:
+    """The backend with the AR stop token masked, so every row runs exactly the asked number of steps (the
+    number measures per-step cost, not the luck of the stop token)."""
+
+    def __init__(self, backend):
+        self.backend, self.original = backend, backend.head_logits
+
+    def __enter__(self):
+        stop = self.backend.layout.stop_token
+
+        def no_stop(hidden, head):
+            out = self.original(hidden, head)
+            out[..., stop] = -np.inf
+            return out
+
+        self.backend.head_logits = no_stop
+
+    def __exit__(self, *exc):
+        del self.backend.head_logits
+
+
+def ar_throughput(tts, batch: int, frames: int) -> float:
+    """AR tokens/s of `batch` rows stepped together (one backbone call per step) for `frames` steps."""
+    ar = ArBatch(tts.backend)
+    with _NoStop(tts.backend):
+        ar.admit([ArRow(_cond(tts, i), frames) for i in range(batch)])
+        t, steps = time.perf_counter(), 0
+        while len(ar):
+            ar.step()
+            steps += 1
+        return batch * steps / (time.perf_counter() - t)
+
+
+def single_stream(tts, frames: int) -> float:
+    """AR tokens/s of the unbatched cached loop (prefill excluded, as above)."""
+    with _NoStop(tts.backend):
+        generate_ar(tts.backend, _cond(tts, 0), 2)  # warm
+        t = time.perf_counter()
+        codes = generate_ar(tts.backend, _cond(tts, 0), frames + 1)
+        prefill_and_steps = time.perf_counter() - t
+    t = time.perf_counter()
+    generate_ar(tts.backend, _cond(tts, 0), 1)  # the prefill alone
+    return (len(codes) - 1) / (prefill_and_steps - (time.perf_counter() - t))
+
+
+def load(tts, requests: int, concurrent: bool, max_duration: float) -> dict:
+    engine = Engine(tts, EngineConfig(max_rows=8))
+    settings = [SynthesisSettings(modality="ar+nar", max_duration=max_duration, seed=i,
+                                  ar=SamplerSettings(temperature=1.0 if i % 2 else 0.0, top_k=40))
+                for i in range(requests)]
+    firsts, done = [], []
+
+    def client(i):
+        t = time.perf_counter()
+        first = None
+        for event in engine.stream(tts.pieces(_ipa(MIX[i % len(MIX)]), "sentences"), None, settings[i]):
+            if first is None:
+                first = time.perf_counter() - t
+        firsts.append(first)
+        done.append(time.perf_counter())
+
+    start = time.perf_counter()
+    if concurrent:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(requests)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    else:
+        for i in range(requests):
+            client(i)
+    elapsed = time.perf_counter() - start
+    s = engine.stats
+    engine.close()
+    firsts.sort()
+    return {"ttfa_median": statistics.median(firsts), "ttfa_p90": firsts[int(0.9 * (len(firsts) - 1))],
+            "rpm": 60 * requests / elapsed, "mean_batch": s.ar_row_steps / max(1, s.ar_steps), "elapsed": elapsed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--variant", default="auto")
+    ap.add_argument("--frames", type=int, default=60, help="AR steps per row in the throughput part")
+    ap.add_argument("--requests", type=int, default=8)
+    ap.add_argument("--max-duration", type=float, default=2.0, help="seconds per sentence in the load part")
+    args = ap.parse_args()
+    tts = Synthesizer.open(args.model, "onnx", variant=args.variant, threads=args.threads)
+    one = single_stream(tts, args.frames)
+    print(f"model {args.model} ({tts.backend.path.name}), threads {args.threads or 'all'}")
+    print("\n| AR rows | AR tokens/s | vs single stream | goal 0.7 x B |")
+    print("|---:|---:|---:|---:|")
+    print(f"| single stream (generate_ar) | {one:.1f} | 1.00x | - |")
+    for b in (1, 2, 4, 8):
+        tps = ar_throughput(tts, b, args.frames)
+        print(f"| {b} | {tps:.1f} | {tps / one:.2f}x | {'met' if tps >= 0.7 * b * one else 'not met'} |")
+    print(f"\n| {args.requests} requests (1-3 sentences, <= {args.max_duration} s each) | time to first audio "
+          "median / p90 | requests/min | mean AR batch |")
+    print("|---|---:|---:|---:|")
+    for label, concurrent in (("one request at a time", False), ("all at once (engine)", True)):
+        r = load(tts, args.requests, concurrent, args.max_duration)
+        print(f"| {label} | {r['ttfa_median']:.2f} s / {r['ttfa_p90']:.2f} s | {r['rpm']:.1f} "
+              f"| {r['mean_batch']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
