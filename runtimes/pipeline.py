@@ -14,6 +14,7 @@ from valle_export import names, sequence as seq
 
 from .backend import Backend
 from .samplers import GREEDY, SamplerSettings, penalize, sample, softmax, top_n_sigma
+from .schedule import demask_timesteps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +127,7 @@ def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: 
     scores = np.ones(length, dtype=np.float32)
     null_phn = seq.null_phonemes(layout)
     step_inputs = []
-    for step, t in enumerate(np.linspace(0, 1, settings.steps, dtype=np.float32)):
+    for step, t in enumerate(demask_timesteps(settings.steps)):
         n = _masked_count(t, length, step)
         tokens[np.argsort(scores, kind="stable")[:n]] = mask
         step_inputs.append(tokens.copy())
