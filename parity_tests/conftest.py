@@ -29,6 +29,16 @@ def fixture_dirs() -> list[Path]:
     return []
 
 
+def lora_fixture() -> Path | None:
+    """The first fixture folder recorded with an adapter (`lora.sft` beside its checkpoint), if any."""
+    for root in _CANDIDATES:
+        if root.is_dir():
+            found = sorted(p for p in root.iterdir() if (p / LORA_FILE).is_file())
+            if found:
+                return found[0]
+    return None
+
+
 def has_cuda() -> bool:
     try:
         import onnxruntime as ort

@@ -55,6 +55,16 @@ def _torch_backend(model: Path):
     return TorchBackend(load_reference(model))
 
 
+def _load_model(model: Path, lora: Path | None, progress: Progress):
+    """The reference model of MODEL with the adapter LORA merged (the one place exports load a model)."""
+    from reference_model.load import load_reference
+
+    ref = load_reference(model, lora)
+    if ref.lora is not None:
+        progress.stage(f"adapter merged: {ref.lora.describe()}")
+    return ref
+
+
 class Interrupted(BaseException):
     """SIGTERM / SIGHUP turned into an exception, so that every `finally` (the temp cleanup of
     `atomic_path` / `atomic_dir`) runs as it does for Ctrl-C. A BaseException: `except Exception` in a
@@ -119,6 +129,9 @@ threads_option = click.option("--threads", type=opt.THREADS, default=0, show_def
                               help="CPU threads of the backend (0 = every core).")
 n_ctx_option = click.option("--n-ctx", type=opt.N_CTX, default=DEFAULT_N_CTX, show_default=True,
                             help="Positions one pass may hold (llama.cpp and ggml context).")
+lora_option = click.option("--lora", type=click.Path(path_type=Path), default=None,
+                           help="Merge this adapter (the original's lora.sft) into the exported weights: "
+                                "W + (alpha/rank) B A on q, v, o, gate, up, down.")
 # Existing folders each export refuses to write into (an export never lands in a checkpoint folder).
 _NOT_FOR_UNIFORM = (FolderKind.CHECKPOINT, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
 _NOT_FOR_ONNX = (FolderKind.CHECKPOINT, FolderKind.UNIFORM, FolderKind.HF_CODEC)
@@ -134,17 +147,18 @@ def main() -> None:
 @main.command("convert")
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=opt.OUTPUT)
+@lora_option
 @quiet_option
 @_one_line_errors
-def convert_cmd(ckpt: Path, out_dir: Path, quiet: bool) -> None:
+def convert_cmd(ckpt: Path, out_dir: Path, lora: Path | None, quiet: bool) -> None:
     """Write the uniform-ID HF folder (LlamaForCausalLM + layout + head biases) of CKPT to OUT_DIR."""
-    check_output(out_dir, [ckpt], folder=True, refused_kinds=_NOT_FOR_UNIFORM)
+    check_output(out_dir, [ckpt, lora], folder=True, refused_kinds=_NOT_FOR_UNIFORM)
     progress = Progress(quiet)
     progress.stage(f"loading {ckpt}")
     from reference_model.hf_folder import save_uniform_folder
-    from reference_model.load import load_reference, tokenizer_beside
+    from reference_model.load import tokenizer_beside
 
-    model = load_reference(ckpt)
+    model = _load_model(ckpt, lora, progress)
     progress.stage(f"writing {out_dir} (vocab {model.layout.vocab_size}, {model.cfg.n_layers} layers)")
     save_uniform_folder(model, out_dir, tokenizer_beside(ckpt))
     progress.stage("done")
@@ -189,17 +203,20 @@ def demo_checkpoint_cmd(out: Path, size: str, seed: int, hidden_act: str, positi
               help="Weights and compute of the backbone graph (its inputs and outputs stay float32).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Dynamic int8 MatMul weights (from the fp32 graph).")
+@lora_option
 @quiet_option
 @_one_line_errors
-def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str | None, quiet: bool) -> None:
+def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str | None, lora: Path | None,
+             quiet: bool) -> None:
     """Export MODEL (native checkpoint or uniform folder) to ONNX in OUT_DIR, verified against the reference."""
-    check_output(out_dir, [model], folder=True, refused_kinds=_NOT_FOR_ONNX)
+    check_output(out_dir, [model, lora], folder=True, refused_kinds=_NOT_FOR_ONNX)
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
     from converters.onnx_export import export_onnx
-    from reference_model.load import load_reference, tokenizer_beside
+    from reference_model.load import tokenizer_beside
 
-    path = export_onnx(load_reference(model), out_dir, opset, dtype, quantize, progress, tokenizer_beside(model))
+    ref = _load_model(model, lora, progress)
+    path = export_onnx(ref, out_dir, opset, dtype, quantize, progress, tokenizer_beside(model))
     progress.stage(f"wrote {path}")
 
 
@@ -211,20 +228,21 @@ def onnx_cmd(model: Path, out_dir: Path, opset: int, dtype: str, quantize: str |
               default="f16", show_default=True)
 @click.option("--arch", type=click.Choice(["gemma", "qwen2vl", "llama"]), default=None,
               help="Default: gemma for GELU models, qwen2vl for SiLU models; llama for SiLU + unified positions.")
+@lora_option
 @quiet_option
 @_one_line_errors
-def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quiet: bool) -> None:
+def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, lora: Path | None, quiet: bool) -> None:
     """Write MODEL (native checkpoint or uniform folder) as a GGUF for stock llama.cpp, verified on read-back."""
     if out is None:
         base = model if model.is_dir() else model.parent
         out = base / f"{base.name}.{outtype}.gguf"
-    check_output(out, [model])
+    check_output(out, [model, lora])
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
     from converters.gguf_export import export_gguf
-    from reference_model.load import load_reference, tokenizer_beside
+    from reference_model.load import tokenizer_beside
 
-    ref = load_reference(model)
+    ref = _load_model(model, lora, progress)
     tok = tokenizer_beside(model)
     report = export_gguf(ref, out, outtype, arch, tok.read_text() if tok else None, progress)
     progress.stage(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, arch {report['arch']})")
@@ -394,10 +412,11 @@ def encodec_cpp_cmd(weights: Path | None, out: Path, outtype: str, seed: int, qu
 
 
 @main.command("inspect")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path), metavar="FILE_OR_FOLDER")
 @_one_line_errors
 def inspect_cmd(file: Path) -> None:
-    """Print the header, metadata and tensor table of a .gguf, .onnx or encodec.cpp file."""
+    """Print the header, metadata and tensor table of a .gguf, .onnx or encodec.cpp file, or the layout and
+    merged adapter of an export folder."""
     from .inspect_file import inspect_file
 
     for line in inspect_file(file):
