@@ -24,6 +24,10 @@ class TorchBackend(CachedPassBackend):
     def logits(self, spec: PassSpec) -> np.ndarray:
         return self.model.pass_logits(spec).numpy()  # the reference's own full pass (heads included)
 
+    @torch.no_grad()
+    def _full_hidden(self, spec: PassSpec) -> np.ndarray:
+        return self.model.hidden(self.model.embed(spec.rows), spec.positions, spec.causal).numpy()
+
     def _reset_cache(self) -> None:
         self._cache = DynamicCache(config=self.model.llama.config)
 

@@ -19,18 +19,22 @@ from .schedule import demask_timesteps
 
 @dataclasses.dataclass(frozen=True)
 class Conditioning:
-    """What every pass is conditioned on: phoneme ids (with bos/eos), language id, prompt codes [T, levels]."""
+    """What every pass is conditioned on: phoneme ids (with bos/eos), language id, prompt codes [T, levels], and
+    the task row put in front of the prompt (ns / sr; None for tts)."""
 
     phn: np.ndarray
     lang: int
     prompt: np.ndarray
+    task: int | None = None
 
 
 def generate_ar(backend: Backend, cond: Conditioning, max_frames: int, sampler: SamplerSettings = GREEDY,
                 rng: np.random.Generator | None = None, use_cache: bool = True) -> np.ndarray:
-    """Level-0 codes until the stop token or `max_frames` (stop token not included)."""
+    """Level-0 codes until the stop token or `max_frames` (stop token not included). Task passes are recomputed
+    every step, as the original does: their earlier positions move as the output grows (no cache can serve)."""
     layout = backend.layout
-    spec = seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, [])
+    use_cache = use_cache and cond.task is None
+    spec = seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, [], cond.task)
     logits = backend.prefill(spec) if use_cache else backend.logits(spec)[-1]
     codes: list[int] = []
     while len(codes) < max_frames:
@@ -41,8 +45,10 @@ def generate_ar(backend: Backend, cond: Conditioning, max_frames: int, sampler: 
         codes.append(token)
         if len(codes) == max_frames:
             break
-        spec = seq.extend(layout, spec, names.HEAD_AR, [token])
-        logits = backend.extend(spec) if use_cache else backend.logits(spec)[-1]
+        if use_cache:
+            logits = backend.extend(spec := seq.extend(layout, spec, names.HEAD_AR, [token]))
+        else:
+            logits = backend.logits(seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, codes, cond.task))[-1]
     return np.array(codes, dtype=np.int64)
 
 
@@ -53,7 +59,7 @@ def generate_nar(backend: Backend, cond: Conditioning, codes0: np.ndarray, sampl
     if len(resp) == 0:
         return np.zeros((0, backend.layout.audio_levels), dtype=np.int64)
     for level in range(1, backend.layout.audio_levels):
-        spec = seq.nar_pass(backend.layout, cond.phn, cond.lang, cond.prompt, resp, level)
+        spec = seq.nar_pass(backend.layout, cond.phn, cond.lang, cond.prompt, resp, level, cond.task)
         nxt = sample(backend.logits(spec), sampler, rng)
         resp = np.concatenate([resp, nxt[:, None]], axis=1)
     return resp
@@ -131,7 +137,7 @@ def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: 
         n = _masked_count(t, length, step)
         tokens[np.argsort(scores, kind="stable")[:n]] = mask
         step_inputs.append(tokens.copy())
-        c = backend.logits(seq.nar_len_pass(layout, cond.phn, cond.lang, cond.prompt, tokens))
+        c = backend.logits(seq.nar_len_pass(layout, cond.phn, cond.lang, cond.prompt, tokens, cond.task))
         u = backend.logits(seq.nar_len_pass(layout, null_phn, cond.lang, None, tokens))
         g = top_n_sigma(_guided(c, u, settings), settings.top_no)
         picked = np.argmax(g, axis=-1)

@@ -423,27 +423,49 @@ def inspect_cmd(file: Path) -> None:
         click.echo(line)
 
 
-def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path, options):
+def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path, options, adapter: bool):
     """The backend to check: torch on the fixture's checkpoint, or an exported file (made now if not given:
-    an f32 GGUF for the GGUF backends, an fp32 ONNX folder for onnx)."""
+    an f32 GGUF for the GGUF backends, an fp32 ONNX folder for onnx), with the folder's adapter (`lora.sft`)
+    merged when `adapter`."""
+    from reference_model.load import load_reference
+    from runtimes.fixture_check import LORA_FILE
+
+    lora = fixture_dir / LORA_FILE if adapter else None
     if backend == "torch":
-        return _torch_backend(fixture_dir)
+        from reference_model.backend import TorchBackend
+
+        return TorchBackend(load_reference(fixture_dir, lora))
     from runtimes.open import open_backend
 
     if model is None:
-        from reference_model.load import load_reference
-
         if backend in ("llamacpp", "ggml"):
             from converters.gguf_export import export_gguf
 
-            model = tmp / "model.gguf"
-            export_gguf(load_reference(fixture_dir), model, "f32")
+            model = tmp / f"model{'-lora' if adapter else ''}.gguf"
+            export_gguf(load_reference(fixture_dir, lora), model, "f32")
         else:
             from converters.onnx_export import export_onnx
 
-            model = tmp / "onnx"
-            export_onnx(load_reference(fixture_dir), model)
+            model = tmp / f"onnx{'-lora' if adapter else ''}"
+            export_onnx(load_reference(fixture_dir, lora), model)
     return open_backend(model, backend, options)
+
+
+def _given_model_serves(fixture_dir: Path, model: Path) -> bool:
+    """Whether an exported MODEL given to check-fixture carries the fixture's adapter (so it serves the case
+    files recorded with it) or none (the `_nolora` files); a different adapter is refused."""
+    from runtimes.fixture_check import LORA_FILE
+
+    from .errors import BadInput
+    from .lora_file import file_sha256, recorded_lora
+
+    record = recorded_lora(model)
+    if record is None:
+        return False
+    folder_lora = fixture_dir / LORA_FILE
+    if not folder_lora.is_file() or file_sha256(folder_lora) != record.sha256:
+        raise BadInput(f"has adapter {record.describe()} merged, which is not this fixture's {LORA_FILE}", model)
+    return True
 
 
 @main.command("check-fixture")
@@ -461,18 +483,31 @@ def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None, threa
 
     from runtimes.fixture_check import check_fixture
 
+    serves = None if model is None else _given_model_serves(fixture_dir, model)
+    runners: dict[bool, object] = {}
+
+    def backend_for(adapter: bool):
+        if serves is not None and adapter != serves:
+            return None  # a given export serves only the files of its own adapter state
+        if adapter not in runners:
+            runners[adapter] = _fixture_backend(fixture_dir, backend, model, Path(tmp), options, adapter)
+        return runners[adapter]
+
     with tempfile.TemporaryDirectory() as tmp:
         options = BackendOptions(threads=threads, n_ctx=n_ctx, provider="cpu")
-        runner = _fixture_backend(fixture_dir, backend, model, Path(tmp), options)
-        results = check_fixture(fixture_dir, runner)
+        results = check_fixture(fixture_dir, backend_for)
     for r in results:
         click.echo(r.line())
     failed = [r for r in results if not r.ok]
-    counts = {s: sum(r.status == s for r in results) for s in ("exact", "approximate", "refused")}
+    counts = {s: sum(r.status == s for r in results) for s in ("exact", "approximate", "refused", "skipped")}
     note = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     click.echo(f"{backend}: {len(results) - len(failed)}/{len(results)} cases meet the backend's contract ({note})")
-    if getattr(runner, "approximation", ""):
-        click.echo(f"{backend}: {runner.approximation}")
+    if serves is not None:
+        click.echo(f"{backend}: {model} {'carries' if serves else 'has no'} adapter: only the case files recorded "
+                   f"{'with' if serves else 'without'} it were checked")
+    approximations = sorted({getattr(r, "approximation", "") for r in runners.values()} - {""})
+    for text in approximations:
+        click.echo(f"{backend}: {text}")
     if failed:
         sys.exit(1)
 

@@ -73,7 +73,7 @@ class LoraAdapter:
         return self.record.scale
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -166,5 +166,27 @@ def read_lora(path: str | os.PathLike, cfg: ValleConfig) -> LoraAdapter:
     if wrong:
         raise BadCheckpoint(f"shape mismatch (rank {rank}): {'; '.join(wrong[:_MAX_NAMED])}"
                             f"{' ...' if len(wrong) > _MAX_NAMED else ''}", path)
-    record = LoraRecord(path.name, _sha256(path), name, rank, alpha, len(pairs))
+    record = LoraRecord(path.name, file_sha256(path), name, rank, alpha, len(pairs))
     return LoraAdapter(record, pairs)
+
+
+def recorded_lora(model: str | os.PathLike) -> LoraRecord | None:
+    """The adapter an export records as merged (GGUF key, ONNX weights metadata, uniform folder file), or None."""
+    from . import graphs
+    from .paths import FolderKind, folder_kind
+
+    model = Path(model)
+    text = None
+    if model.is_dir():
+        kind = folder_kind(model)
+        if kind is FolderKind.ONNX and (model / graphs.WEIGHTS_FILE).is_file():
+            meta = read_safetensors_header(model / graphs.WEIGHTS_FILE).get("__metadata__") or {}
+            text = meta.get(graphs.META_LORA)
+        elif kind is FolderKind.UNIFORM and (model / names.LORA_RECORD_FILE).is_file():
+            text = (model / names.LORA_RECORD_FILE).read_text()
+    elif model.suffix == ".gguf" and model.is_file():
+        import gguf
+
+        field = gguf.GGUFReader(str(model)).fields.get(names.GGUF_LORA)
+        text = None if field is None else field.contents()
+    return None if text is None else LoraRecord.from_json(text, str(model))

@@ -82,6 +82,9 @@ def resp_name(index: int, levels: int) -> str:
     return f"NAR:{index - 1}:{index}"
 
 
+# rows of `tasks_emb` for the tasks the runtime runs (the original's task symmap; fixture mrq-lora: ns 2, sr 3)
+TASK_IDS = {"ns": 2, "sr": 3}
+
 HEAD_AR = "AR:0:0"
 HEAD_NAR_LEN = "NAR:0:0"
 HEAD_STT = "stt"
