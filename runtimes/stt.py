@@ -37,3 +37,11 @@ def decode_ids(tokenizer_json: str, ids: np.ndarray) -> str:
 
     text = Tokenizer.from_str(tokenizer_json).decode([int(i) for i in ids], skip_special_tokens=False)
     return text.replace("   ", "_").replace(" ", "").replace("_", " ")
+
+
+def audio_codes(codec, path, max_seconds: float) -> np.ndarray:
+    """A WAV as codes [frames, levels]: the whole clip (up to `max_seconds`), as the original's stt (no trimming
+    to a prompt length)."""
+    from valle_export import wav
+
+    return codec.encode(wav.load_audio(path, codec.sample_rate, max_seconds=max_seconds)).T

@@ -33,6 +33,7 @@ class SynthesisSettings:
     demask: DemaskSettings = DemaskSettings()
     seed: int | None = None
     prompt_seconds: float = 3.0
+    task: str = "tts"  # or ns / sr (names.TASK_IDS): the task row before the prompt, output as long as the prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +45,12 @@ class TextInput:
 
 
 def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str = "f32",
-                 n_ctx: int = DEFAULT_N_CTX):
+                 n_ctx: int = DEFAULT_N_CTX, lora: Path | None = None):
     """The synthesis runtime's way into `runtimes.open.open_backend` (one opener; the torch reference is
-    opened by the CLI, the composition root: no runtime module imports reference_model)."""
-    return open_any_backend(model, kind, BackendOptions(threads=threads, n_ctx=n_ctx, kv_type=kv_type))
+    opened by the CLI, the composition root: no runtime module imports reference_model). `lora`: an adapter
+    GGUF applied by llama.cpp at run time."""
+    return open_any_backend(model, kind, BackendOptions(threads=threads, n_ctx=n_ctx, kv_type=kv_type,
+                                                        lora=None if lora is None else str(lora)))
 
 
 def tokenizer_json(model: Path, backend) -> str | None:
@@ -124,7 +127,11 @@ def synthesize(backend, codec: OnnxCodec, inp: TextInput, model: Path, prompt_wa
         progress.stage(f"prompt {prompt_wav} -> codes")
         prompt = codec.prompt_codes(prompt_wav, settings.prompt_seconds)
     timings["prompt_s"] = time.perf_counter() - t
-    cond = Conditioning(phn, lang, prompt)
+    task = names.TASK_IDS.get(settings.task)
+    if settings.task != "tts" and (task is None or prompt is None):
+        raise BadInput(f"--task {settings.task} works on the prompt's audio: give --prompt" if task is not None
+                       else f"unknown task {settings.task!r} (tts, {', '.join(names.TASK_IDS)})")
+    cond = Conditioning(phn, lang, prompt, task)
     max_frames = int(settings.max_duration * backend.layout.frame_rate)
     t = time.perf_counter()
     if settings.modality == "ar+nar":
@@ -132,8 +139,11 @@ def synthesize(backend, codec: OnnxCodec, inp: TextInput, model: Path, prompt_wa
         codes0 = generate_ar(backend, cond, max_frames, settings.ar, rng)
         timings["ar_s"] = time.perf_counter() - t
     else:
-        progress.stage("len")
-        frames = min(generate_len(backend, cond).frames, max_frames)
+        if task is None:
+            progress.stage("len")
+            frames = min(generate_len(backend, cond).frames, max_frames)
+        else:  # the original's ns / sr: the output is as long as the prompt
+            frames = len(prompt)
         timings["len_s"] = time.perf_counter() - t
         t = time.perf_counter()
         progress.stage(f"NAR-len demasking ({settings.demask.steps} steps, {frames} frames)")
@@ -151,7 +161,7 @@ def synthesize(backend, codec: OnnxCodec, inp: TextInput, model: Path, prompt_wa
     timings["decode_s"] = time.perf_counter() - t
     total = sum(timings.values())
     seconds = len(audio) / codec.sample_rate
-    summary = {"backend": backend.name, "exact": bool(getattr(backend, "exact", True)),
+    summary = {"backend": backend.name, "task": settings.task, "exact": bool(getattr(backend, "exact", True)),
                "approximation": getattr(backend, "approximation", ""), "modality": settings.modality,
                "decoder": codec.decoder.name,
                "frames": int(len(codes)), "audio_s": round(seconds, 3),

@@ -252,6 +252,26 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, lora
         progress.stage(f"  stock llama.cpp (F32 KV), {line}")
 
 
+@main.command("gguf-lora")
+@click.argument("lora", type=click.Path(path_type=Path))
+@click.option("--base", "base", type=click.Path(path_type=Path), required=True,
+              help="The base GGUF (written by `valle-export gguf` without --lora) the adapter is for.")
+@click.option("-o", "--output", "out", type=opt.OUTPUT, required=True, help="The adapter GGUF to write.")
+@quiet_option
+@_one_line_errors
+def gguf_lora_cmd(lora: Path, base: Path, out: Path, quiet: bool) -> None:
+    """Write LORA (the original's lora.sft) as a llama.cpp LoRA adapter GGUF for BASE: load it at run time with
+    `synthesize BASE --lora OUT` (stock llama.cpp's llama_adapter_lora_init), one base for many voices."""
+    check_output(out, [lora, base])
+    progress = Progress(quiet)
+    progress.stage(f"reading {lora} for {base}")
+    from converters.gguf_lora import write_gguf_lora
+
+    report = write_gguf_lora(lora, base, out)
+    progress.stage(f"wrote {out} (arch {report['arch']}, {report['tensors']} tensors, adapter "
+                   f"{report['record'].describe()})")
+
+
 @main.command("synthesize")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--text", default=None, help="Text to speak (needs espeak-ng).")
@@ -285,13 +305,18 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, lora
 @click.option("--kv-type", type=click.Choice(KV_TYPES), default="f32", show_default=True,
               help="llama.cpp KV cache type (f32 is exact for SiLU models).")
 @click.option("--float-wav", is_flag=True, help="Write 32-bit float WAV instead of 16-bit PCM.")
+@click.option("--lora", type=click.Path(path_type=Path), default=None,
+              help="llama.cpp backend: a LoRA adapter GGUF (valle-export gguf-lora) applied at run time.")
+@click.option("--task", type=click.Choice(["tts", *names.TASK_IDS]), default="tts", show_default=True,
+              help="ns (noise suppression) / sr (speech removal): the task row before the prompt, output as long "
+                   "as the prompt (NAR-len), as the original's --task.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @quiet_option
 @_one_line_errors
 def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, backend, modality, codec_dir,
                    decoder, max_duration, ar_temperature, nar_temperature, top_k, top_p, min_p, top_no,
                    repetition_penalty, length_penalty, demask_steps, cfg_strength, seed, threads, n_ctx, kv_type,
-                   float_wav, as_json, quiet) -> None:
+                   float_wav, lora, task, as_json, quiet) -> None:
     """Speak TEXT with MODEL (an exported ONNX folder or a GGUF file) and write a WAV."""
     import json
 
@@ -301,14 +326,19 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, 
     from runtimes.text import language_id as text_language_id
     from valle_export import wav
 
-    check_output(out, [model, prompt, synth.codec_folder(model, codec_dir)])
+    check_output(out, [model, prompt, synth.codec_folder(model, codec_dir), lora])
     text_language_id(lang)  # cheap input checks before loading the model
     if prompt is not None:
         wav.read_header(prompt)
     progress = Progress(quiet)
     progress.stage(f"loading {model} ({backend})")
+    if backend == "torch" and lora is not None:
+        from .errors import BadInput
+
+        raise BadInput("--lora applies an adapter GGUF on the llama.cpp backend only; the torch reference merges "
+                       "lora.sft at export (convert --lora)", lora)
     runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads,
-                                                                                            kv_type, n_ctx)
+                                                                                            kv_type, n_ctx, lora)
     codec = synth.find_codec(model, codec_dir, decoder)
     filters = dict(top_k=top_k, top_p=top_p, min_p=min_p, top_no=top_no)
     settings = synth.SynthesisSettings(
@@ -317,7 +347,7 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, 
                            length_penalty=length_penalty, **filters),
         nar=SamplerSettings(temperature=nar_temperature, **filters),
         demask=DemaskSettings(steps=demask_steps, cfg_strength=cfg_strength, top_no=top_no),
-        seed=seed)
+        seed=seed, task=task)
     audio, codes, summary = synth.synthesize(runner, codec, synth.TextInput(text, phonemes, phoneme_ids, lang),
                                              model, prompt, settings, progress)
     wav.write_wav(out, audio, codec.sample_rate, float32=float_wav)
@@ -333,6 +363,49 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, prompt, out, 
         if not summary["exact"]:
             click.echo(f"  note: {summary['backend']} is approximate here: {summary['approximation']}", err=True)
     progress.stage(f"wrote {out}")
+
+
+@main.command("transcribe")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("audio", type=click.Path(path_type=Path))
+@click.option("--lang", default="en", show_default=True, help="Language token of the pass.")
+@click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml", "torch"]), default="auto",
+              show_default=True)
+@click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with the EnCodec graphs (default: beside MODEL).")
+@click.option("--max-tokens", type=opt.FRAMES, default=256, show_default=True, help="Most phonemes to produce.")
+@click.option("--max-seconds", type=opt.DURATION, default=30.0, show_default=True, help="Audio read from AUDIO.")
+@click.option("--lora", type=click.Path(path_type=Path), default=None,
+              help="llama.cpp backend: a LoRA adapter GGUF applied at run time.")
+@threads_option
+@n_ctx_option
+@click.option("--json", "as_json", is_flag=True, help="Print ids and IPA as JSON.")
+@_one_line_errors
+def transcribe_cmd(model: Path, audio: Path, lang: str, backend: str, codec_dir: Path | None, max_tokens: int,
+                   max_seconds: float, lora: Path | None, threads: int, n_ctx: int, as_json: bool) -> None:
+    """Speech to text (the original's --task stt): AUDIO (a WAV) -> phoneme ids and IPA, greedy, head `stt`
+    (the original at 73833ee reads unprojected hidden states here, a regression: see README)."""
+    import json
+
+    from runtimes import synthesize as synth
+    from runtimes.stt import audio_codes, decode_ids, transcribe_ids
+    from runtimes.text import language_id
+    from valle_export import wav
+
+    lang_id = language_id(lang)
+    wav.read_header(audio)
+    runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads,
+                                                                                            "f32", n_ctx, lora)
+    codec = synth.find_codec(model, codec_dir, "encodec")
+    codes = audio_codes(codec, audio, max_seconds)
+    ids = transcribe_ids(runner, codes, lang_id, max_tokens)
+    tok = synth.tokenizer_json(model, runner)
+    ipa = decode_ids(tok, ids) if tok is not None else None
+    if as_json:
+        click.echo(json.dumps({"ids": ids.tolist(), "ipa": ipa, "frames": int(len(codes))}, ensure_ascii=False))
+    else:
+        click.echo(",".join(str(i) for i in ids))
+        click.echo(ipa if ipa is not None else "(no tokenizer.json beside the model: ids only)")
 
 
 @main.command("encodec")
