@@ -57,6 +57,10 @@ def load_adapter(L, model, path: Path, base_arch: str, scale: float, log_tail) -
 
 def apply_adapter(L, ctx, adapter: RuntimeAdapter) -> None:
     """Set the adapter on one context (each context llama.cpp creates needs it)."""
-    rc = L.llama_set_adapter_lora(ctx, adapter.handle, adapter.scale)
+    import ctypes
+
+    handles = (L.llama_adapter_lora_p_ctypes * 1)(adapter.handle)
+    scales = (ctypes.c_float * 1)(adapter.scale)
+    rc = L.llama_set_adapters_lora(ctx, handles, 1, scales)
     if rc != 0:
         raise BadInput(f"llama.cpp could not apply the adapter (code {rc})", adapter.path)
