@@ -79,7 +79,8 @@ def test_silu_adapter_is_exact(variant, arch, tmp_path, demo_checkpoint, gguf_ex
     base, merged = gguf_export(variant, arch=arch), gguf_export(variant, arch=arch, checkpoint=ckpt, lora=lora)
     adapter = _adapter(tmp_path, base, lora)
     ref = TorchBackend(load_reference(ckpt, lora))
-    specs = [s for _, s in all_passes(ref.layout, random_conditioning(5), np.random.default_rng(6).integers(0, 1024, (12, 8)))]
+    resp = np.random.default_rng(6).integers(0, 1024, (12, 8))
+    specs = [s for _, s in all_passes(ref.layout, random_conditioning(5), resp)]
     with LlamaCppBackend(base, LlamaConfig(lora=adapter, n_ctx=512)) as run, \
             LlamaCppBackend(merged, LlamaConfig(n_ctx=512)) as m:
         assert run.exact, run.approximation
