@@ -89,6 +89,8 @@ def _metadata(writer, model, target: targets.Target, tokenizer: str | None, outt
     writer.add_float32(names.GGUF_INPUT_SCALE, target.input_scale)
     writer.add_string(names.GGUF_ROPE_LAYOUT, target.qk_layout)
     writer.add_string(names.GGUF_EXACTNESS, exactness.to_json(verdicts))
+    if model.lora is not None:
+        writer.add_string(names.GGUF_LORA, model.lora.to_json())
 
 
 def _convert(name: str, data: np.ndarray, outtype: str) -> tuple[np.ndarray, object]:

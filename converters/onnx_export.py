@@ -86,10 +86,15 @@ def weights_fingerprint(model: UniformValleModel) -> str:
     return digest.hexdigest()
 
 
+def _lora_metadata(model: UniformValleModel) -> dict[str, str]:
+    """The merged adapter's record (nothing when none was merged)."""
+    return {} if model.lora is None else {graphs.META_LORA: model.lora.to_json()}
+
+
 def _metadata(model: UniformValleModel, dtype: str) -> dict[str, str]:
     return {graphs.META_LAYOUT: model.layout.to_json(), graphs.META_SOURCE_CONFIG: json.dumps(model.cfg.raw),
             graphs.META_GRAPH: "backbone", graphs.META_DTYPE: dtype,
-            graphs.META_WEIGHTS_FINGERPRINT: weights_fingerprint(model)}
+            graphs.META_WEIGHTS_FINGERPRINT: weights_fingerprint(model), **_lora_metadata(model)}
 
 
 def export_backbone(model: UniformValleModel, path: Path, dtype: str, opset: int) -> None:
@@ -153,7 +158,7 @@ def save_runtime_weights(model: UniformValleModel, path: Path) -> None:
                graphs.HEAD_WEIGHT_TENSOR: model.llama.lm_head.weight.detach().contiguous(),
                graphs.HEAD_BIAS_TENSOR: model.head_bias.contiguous()}, str(path),
               metadata={graphs.META_LAYOUT: model.layout.to_json(),
-                        graphs.META_WEIGHTS_FINGERPRINT: weights_fingerprint(model)})
+                        graphs.META_WEIGHTS_FINGERPRINT: weights_fingerprint(model), **_lora_metadata(model)})
 
 
 def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype: str = "fp32",

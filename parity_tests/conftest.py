@@ -15,18 +15,33 @@ _CANDIDATES = [Path(os.environ["VALLE_FIXTURES"])] if os.environ.get("VALLE_FIXT
     REPO.parent / "shared" / "fixtures", REPO / "parity_tests" / "fixtures"]
 
 
-LORA_FILE = "lora.sft"  # fixtures recorded WITH an adapter: the checker applies none yet (issue 19)
+LORA_FILE = "lora.sft"  # fixtures recorded WITH an adapter (check-fixture merges it for their adapter files)
 
 
 def fixture_dirs() -> list[Path]:
-    """Fixture folders the checker runs as they are (a LoRA fixture's cases include its adapter)."""
+    """Every fixture folder, those without an adapter first (tests that take one plain fixture use [0])."""
     for root in _CANDIDATES:
         if root.is_dir():
-            found = sorted(p for p in root.iterdir()
-                           if (p / "cases.safetensors").is_file() and not (p / LORA_FILE).exists())
+            found = sorted((p for p in root.iterdir() if (p / "cases.safetensors").is_file()),
+                           key=lambda p: ((p / LORA_FILE).exists(), p.name))
             if found:
                 return found
     return []
+
+
+def fixture_lora(fixture: Path, uses_adapter: bool) -> Path | None:
+    """The adapter file a fixture's case file needs merged (None: none)."""
+    return fixture / LORA_FILE if uses_adapter else None
+
+
+def lora_fixture() -> Path | None:
+    """The first fixture folder recorded with an adapter (`lora.sft` beside its checkpoint), if any."""
+    for root in _CANDIDATES:
+        if root.is_dir():
+            found = sorted(p for p in root.iterdir() if (p / LORA_FILE).is_file())
+            if found:
+                return found[0]
+    return None
 
 
 def has_cuda() -> bool:
@@ -90,13 +105,15 @@ def onnx_export(tmp_path_factory, demo_checkpoint):
 
     made: dict[tuple, Path] = {}
 
-    def make(variant=DEMO_VARIANTS[0], dtype="fp32", quantize=None, checkpoint: Path | None = None) -> Path:
+    def make(variant=DEMO_VARIANTS[0], dtype="fp32", quantize=None, checkpoint: Path | None = None,
+             lora: Path | None = None) -> Path:
         src = checkpoint or demo_checkpoint(*variant)
-        key = (str(src), dtype, quantize)
+        key = (str(src), dtype, quantize, str(lora))
+        folder = (str(src), str(lora), "dir")
         if key not in made:
-            out = made.get((str(src), "dir")) or tmp_path_factory.mktemp("onnx")
-            export_onnx(load_reference(src), out, dtype=dtype, quantize=quantize)
-            made[key] = made[(str(src), "dir")] = out
+            out = made.get(folder) or tmp_path_factory.mktemp("onnx")
+            export_onnx(load_reference(src, lora), out, dtype=dtype, quantize=quantize)
+            made[key] = made[folder] = out
         return made[key]
 
     return make
@@ -110,12 +127,13 @@ def gguf_export(tmp_path_factory, demo_checkpoint):
 
     made: dict[tuple, Path] = {}
 
-    def make(variant=DEMO_VARIANTS[0], outtype="f32", arch=None, checkpoint: Path | None = None) -> Path:
+    def make(variant=DEMO_VARIANTS[0], outtype="f32", arch=None, checkpoint: Path | None = None,
+             lora: Path | None = None) -> Path:
         src = checkpoint or demo_checkpoint(*variant)
-        key = (str(src), outtype, arch)
+        key = (str(src), outtype, arch, str(lora))
         if key not in made:
             out = tmp_path_factory.mktemp("gguf") / f"model.{outtype}.gguf"
-            export_gguf(load_reference(src), out, outtype, arch)
+            export_gguf(load_reference(src, lora), out, outtype, arch)
             made[key] = out
         return made[key]
 

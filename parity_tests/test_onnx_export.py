@@ -70,7 +70,8 @@ def test_cli_export_and_check_fixture_backend_onnx(tmp_path, demo_checkpoint):
     assert (tmp_path / "o" / "backbone.int8.onnx").is_file() and "int8 hidden-state relative error" in r.output
     fx = fixture_dirs()[0]
     r = CliRunner().invoke(main, ["check-fixture", str(fx), "--backend", "onnx"])
-    assert r.exit_code == 0 and "onnx: 20/20 cases meet the backend's contract (20 exact)" in r.output, r.output
+    assert r.exit_code == 0 and "onnx: 22/22 cases meet the backend's contract (22 exact)" in r.output, r.output
+    assert "_nolora" not in r.output  # fixture_dirs()[0] is a fixture without an adapter
 
 
 def test_bad_onnx_inputs(tmp_path, demo_checkpoint, onnx_export):

@@ -9,7 +9,7 @@ import pytest
 
 from .backend_checks import all_passes, argmax_agreement, assert_cached_steps_close, assert_greedy_flows_identical
 from .compare import assert_logits_close, assert_tokens_equal, rel_error
-from .conftest import DEMO_VARIANTS, fixture_dirs, random_conditioning
+from .conftest import DEMO_VARIANTS, fixture_dirs, fixture_lora, random_conditioning
 from .tolerances import LOGITS_REL_FP32
 
 # Measured on the tiny demo models (2 layers, random weights): fp16 ~2e-3, int8 ~3e-2 relative logits error.
@@ -52,12 +52,15 @@ def test_cached_steps_match_reference(onnx_export, demo_checkpoint):
 
 @pytest.mark.parametrize("fixture", fixture_dirs(), ids=lambda p: p.name)
 def test_fixture_on_onnx(fixture, onnx_export):
-    from runtimes.fixture_check import check_greedy_runs, check_pass_cases, load_fixture
+    from runtimes.fixture_check import check_fixture
     from runtimes.onnx_backend import OnnxBackend, SessionConfig
 
-    backend = OnnxBackend(onnx_export(checkpoint=fixture), SessionConfig(provider="cpu"))
-    fx = load_fixture(fixture)
-    results = check_pass_cases(fx, backend) + check_greedy_runs(fx, backend)
+    def backend_for(adapter: bool):
+        return OnnxBackend(onnx_export(checkpoint=fixture, lora=fixture_lora(fixture, adapter)),
+                           SessionConfig(provider="cpu"))
+
+    results = check_fixture(fixture, backend_for)
+    assert len(results) >= 20
     bad = [r.line() for r in results if not r.ok]
     assert not bad, "\n".join(bad)
 

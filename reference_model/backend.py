@@ -31,6 +31,10 @@ class TorchBackend(CachedPassBackend):
     def set_cache_state(self, state: tuple) -> None:
         self._cache, self._cached = state
 
+    @torch.no_grad()
+    def _full_hidden(self, spec: PassSpec) -> np.ndarray:
+        return self.model.hidden(self.model.embed(spec.rows), spec.positions, spec.causal).numpy()
+
     def _reset_cache(self) -> None:
         self._cache = DynamicCache(config=self.model.llama.config)
 

@@ -4,6 +4,7 @@
     valle_layout.json                   the Layout (row ranges, heads, position mode, mask policy)
     valle_source_config.json            the native config, as the original wrote it
     valle_head_bias.safetensors         lm_head.bias [vocab] (LlamaForCausalLM has no head bias)
+    valle_lora.json                     the adapter merged into the weights, when one was (LoraRecord)
     tokenizer.json                      copied from the checkpoint folder when present
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from valle_export.config import parse_config
 from valle_export.errors import BadCheckpoint
 from valle_export.files import atomic_dir
 from valle_export.layout import Layout, layout_from_config
+from valle_export.lora_file import LoraRecord
 from valle_export.paths import FolderKind, folder_kind
 
 from .checkpoint import check_finite
@@ -50,6 +52,8 @@ def save_uniform_folder(model: UniformValleModel, out_dir: str | os.PathLike, to
         (tmp / names.LAYOUT_FILE).write_text(model.layout.to_json())
         (tmp / names.SOURCE_CONFIG_FILE).write_text(json.dumps(model.cfg.raw, indent=1))
         save_file({names.HEAD_BIAS_TENSOR: model.head_bias.contiguous()}, str(tmp / names.HEAD_BIAS_FILE))
+        if model.lora is not None:
+            (tmp / names.LORA_RECORD_FILE).write_text(model.lora.to_json())
         if tokenizer is not None and tokenizer.is_file():
             shutil.copyfile(tokenizer, tmp / names.TOKENIZER_FILE)
     return out_dir
@@ -81,4 +85,8 @@ def load_uniform_folder(folder: str | os.PathLike) -> UniformValleModel:
     if tuple(bias.shape) != (layout.vocab_size,):
         raise BadCheckpoint(f"head bias has shape {tuple(bias.shape)}, layout says ({layout.vocab_size},)", folder)
     check_finite([*llama.state_dict().items(), (names.HEAD_BIAS_TENSOR, bias)], folder)
-    return UniformValleModel(llama, layout, bias, cfg)
+    model = UniformValleModel(llama, layout, bias, cfg)
+    record = folder / names.LORA_RECORD_FILE
+    if record.is_file():
+        model.lora = LoraRecord.from_json(record.read_bytes(), str(record))
+    return model

@@ -12,11 +12,18 @@ from .hf_folder import is_uniform_folder, load_uniform_folder
 from .model import UniformValleModel
 
 
-def load_reference(path: str | os.PathLike) -> UniformValleModel:
+def load_reference(path: str | os.PathLike, lora: str | os.PathLike | None = None) -> UniformValleModel:
+    """The reference model of `path`, with the adapter file `lora` merged into it when given."""
     if is_uniform_folder(path):
-        return load_uniform_folder(path)
-    cfg, tensors, _ = load_checkpoint(path)
-    return UniformValleModel.from_native(cfg, tensors)
+        model = load_uniform_folder(path)
+    else:
+        cfg, tensors, _ = load_checkpoint(path)
+        model = UniformValleModel.from_native(cfg, tensors)
+    if lora is not None:
+        from .lora import merge_lora_file
+
+        merge_lora_file(model, lora)
+    return model
 
 
 def tokenizer_beside(path: str | os.PathLike) -> Path | None:

@@ -18,6 +18,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from valle_export.config import ValleConfig
 from valle_export.layout import Layout, layout_from_config
+from valle_export.lora_file import LoraRecord
 from valle_export.sequence import PassSpec, attention_allowed
 
 from . import uniform
@@ -61,6 +62,7 @@ class UniformValleModel(nn.Module):
         self.llama = llama.eval().requires_grad_(False)
         self.layout = layout
         self.cfg = cfg
+        self.lora: LoraRecord | None = None  # the adapter merged into the weights (reference_model/lora.py)
         self.register_buffer("head_bias", head_bias.to(torch.float32))
 
     @classmethod

@@ -22,6 +22,9 @@ class Backend(Protocol):
     def logits(self, spec: PassSpec) -> np.ndarray:
         """Full pass, no cache: float32 [spec.n_outputs, head rows]."""
 
+    def pass_hidden(self, spec: PassSpec) -> np.ndarray:
+        """Full pass, no head: final-norm hidden states [spec.n_outputs, d]."""
+
     def prefill(self, spec: PassSpec) -> np.ndarray:
         """Causal pass that (re)starts the KV cache: float32 logits [head rows] of the last position."""
 

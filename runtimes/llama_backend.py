@@ -55,6 +55,8 @@ class LlamaConfig:
     flash_attention: bool = False  # on CPU it adds ~7e-4 error even with an f32 cache
     gpu_layers: int = 0
     extra_bufts: str | None = None  # auto / on / off: llama.cpp's AMX + repack weight buffers (None: env, else auto)
+    lora: Path | None = None  # a LoRA adapter GGUF (valle-export gguf-lora) applied at run time
+    lora_scale: float = 1.0
 
 
 def weight_buffer_types() -> list[str]:
@@ -131,10 +133,26 @@ class LlamaCppBackend(CachedPassBackend):
         self._model = L.llama_model_load_from_file(str(path).encode(), mp)
         if not self._model:
             raise BadInput("stock llama.cpp refused to load this GGUF", path)
-        self._ctx = L.llama_init_from_model(self._model, self._context_params(self.config.n_ctx))
+        self.adapter = None
+        if self.config.lora is not None:
+            from .llama_lora import load_adapter
+
+            tail = lambda: next((line.strip() for line in reversed(LOG_LINES) if line.strip()), "")  # noqa: E731
+            self.adapter = load_adapter(L, self._model, Path(self.config.lora), self.file.arch,
+                                        self.config.lora_scale, tail)
+        self._ctx = self._new_context(self._context_params(self.config.n_ctx))
         if not self._ctx:
             raise BadInput("llama.cpp could not create a context for this GGUF", path)
         self.n_embd = L.llama_model_n_embd(self._model)
+
+    def _new_context(self, params):
+        """A context of the model with the run-time adapter (if any) set on it."""
+        ctx = self._L.llama_init_from_model(self._model, params)
+        if ctx and self.adapter is not None:
+            from .llama_lora import apply_adapter
+
+            apply_adapter(self._L, ctx, self.adapter)
+        return ctx
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):
@@ -254,7 +272,7 @@ class LlamaCppBackend(CachedPassBackend):
         belongs to sequences {i..T-1}, listed in descending order (measured: this order gives the index-causal
         mask, 3e-7 from the relabelled pass; ascending gives a wrong mask, 0.77), sorted by position."""
         L, n = self._L, len(embeds)
-        ctx = L.llama_init_from_model(self._model, self._context_params(max(64, n), n_seq=n))
+        ctx = self._new_context(self._context_params(max(64, n), n_seq=n))
         if not ctx:
             raise BadInput("llama.cpp could not create the self-test context", self.file.path)
         try:

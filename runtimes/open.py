@@ -23,6 +23,9 @@ def open_backend(model: Path, kind: str = "auto", options: BackendOptions = Back
     """An ONNX folder or a GGUF file on onnxruntime, llama.cpp or ggml (`auto`: by what `model` is)."""
     model = Path(model)
     kind = detect_kind(model) if kind == "auto" else kind
+    if options.lora is not None and kind != "llamacpp":
+        raise BadInput(f"--lora applies an adapter GGUF on the llama.cpp backend only, not {kind}; for other "
+                       "backends merge the adapter at export (valle-export onnx/gguf --lora lora.sft)", options.lora)
     if kind == "onnx":
         from .onnx_backend import OnnxBackend, SessionConfig
 
@@ -32,7 +35,8 @@ def open_backend(model: Path, kind: str = "auto", options: BackendOptions = Back
         from .llama_backend import LlamaConfig, LlamaCppBackend
 
         return LlamaCppBackend(model, LlamaConfig(n_ctx=options.n_ctx, threads=options.threads,
-                                                  kv_type=options.kv_type, extra_bufts=options.extra_bufts))
+                                                  kv_type=options.kv_type, extra_bufts=options.extra_bufts,
+                                                  lora=None if options.lora is None else Path(options.lora)))
     if kind == "ggml":
         from .ggml_backend import GgmlBackend
 

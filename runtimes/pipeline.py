@@ -14,6 +14,7 @@ from valle_export import names, sequence as seq
 
 from .backend import Backend
 from .samplers import GREEDY, SamplerSettings, draw, process, sample, softmax
+from .schedule import demask_timesteps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Conditioning:
     lang: int
     prompt: np.ndarray
     context: Context | None = None
+    task: int | None = None  # the task row put in front of the prompt (ns / sr; None for tts)
 
     @property
     def level0_phn(self) -> np.ndarray:
@@ -76,8 +78,9 @@ class _ArStream:
     (conditional and null, for guidance) share a backend's single cache through `cache_state` /
     `set_cache_state` where the backend has them, else both recompute."""
 
-    def __init__(self, backend: Backend, spec: seq.PassSpec, use_cache: bool):
+    def __init__(self, backend: Backend, spec: seq.PassSpec, use_cache: bool, rebuild=None):
         self.backend, self.spec, self.use_cache, self.state = backend, spec, use_cache, None
+        self.rebuild, self.tokens = rebuild, []  # rebuild(tokens): a task pass whose earlier positions move
 
     def _run(self, fn):
         if self.use_cache and self.state is not None:
@@ -98,6 +101,10 @@ class _ArStream:
         return last
 
     def step(self, token: int) -> np.ndarray:
+        self.tokens.append(token)
+        if self.rebuild is not None:
+            self.spec = self.rebuild(self.tokens)
+            return self.backend.logits(self.spec)[-1]
         self.spec = seq.extend(self.backend.layout, self.spec, names.HEAD_AR, [token])
         if not self.use_cache:
             return self.backend.logits(self.spec)[-1]
@@ -108,12 +115,20 @@ def generate_ar(backend: Backend, cond: Conditioning, max_frames: int, sampler: 
                 rng: np.random.Generator | None = None, use_cache: bool = True,
                 guidance: Guidance = Guidance()) -> np.ndarray:
     """Level-0 codes until the stop token or `max_frames` new codes (stop token and context not included).
-    With guidance, a second (null) sequence runs beside the conditional one, each with its own KV cache."""
+    With guidance, a second (null) sequence runs beside the conditional one, each with its own KV cache. Task
+    passes (ns / sr) are recomputed every step, as the original does: their earlier positions move as the
+    output grows, so no cache can serve them."""
     layout = backend.layout
     codes = [int(c) for c in cond.prefix_codes]
     n_prefix = len(codes)
-    both_cached = use_cache and (not guidance.on or hasattr(backend, "cache_state"))
-    main = _ArStream(backend, seq.ar_pass(layout, cond.level0_phn, cond.lang, cond.prompt, codes), both_cached)
+    both_cached = use_cache and cond.task is None and (not guidance.on or hasattr(backend, "cache_state"))
+    rebuild = None
+    if cond.task is not None:
+        def rebuild(tokens: list[int]) -> seq.PassSpec:
+            return seq.ar_pass(layout, cond.level0_phn, cond.lang, cond.prompt, codes[:n_prefix] + tokens,
+                               cond.task)
+    main = _ArStream(backend, seq.ar_pass(layout, cond.level0_phn, cond.lang, cond.prompt, codes, cond.task),
+                     both_cached, rebuild)
     rows = [main.start(guidance.on)]
     if guidance.on:
         null = _ArStream(backend, seq.ar_pass(layout, seq.null_phonemes(layout), cond.lang, None, codes),
@@ -145,7 +160,7 @@ def generate_nar(backend: Backend, cond: Conditioning, codes0: np.ndarray, sampl
     if len(resp) == 0:
         return np.zeros((0, layout.audio_levels), dtype=np.int64)
     for level in range(1, layout.audio_levels):
-        logits = backend.logits(seq.nar_pass(layout, cond.phn, cond.lang, cond.prompt, resp, level))
+        logits = backend.logits(seq.nar_pass(layout, cond.phn, cond.lang, cond.prompt, resp, level, cond.task))
         if guidance.on:
             null = backend.logits(seq.nar_pass(layout, seq.null_phonemes(layout), cond.lang, None, resp, level))
             logits = cfg_logits(logits, null, guidance.strength, guidance.rescale)
@@ -219,13 +234,14 @@ def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: 
     strength = max(settings.cfg_strength, MIN_NAR_LEN_CFG)
     s = settings.sampler
     step_inputs = []
-    for step, t in enumerate(np.linspace(0, 1, settings.steps, dtype=np.float32)):
+    for step, t in enumerate(demask_timesteps(settings.steps)):
         previous = tokens.copy()
         n = _masked_count(t, length, step)
         tokens[np.argsort(scores, kind="stable")[:n]] = mask
         step_inputs.append(tokens.copy())
         fed = np.concatenate([prefix, tokens])
-        c = backend.logits(seq.nar_len_pass(layout, cond.level0_phn, cond.lang, cond.prompt, fed))[-length:]
+        c = backend.logits(seq.nar_len_pass(layout, cond.level0_phn, cond.lang, cond.prompt, fed,
+                                            cond.task))[-length:]
         u = backend.logits(seq.nar_len_pass(layout, null_phn, cond.lang, None, fed))[-length:]
         g = cfg_logits(c, u, strength, settings.cfg_rescale)
         unfiltered = process(g, dataclasses.replace(s, temperature=0.0), previous)

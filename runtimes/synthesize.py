@@ -43,6 +43,7 @@ class SynthesisSettings:
     prompt_seconds: float = 3.0  # 0 = the whole clip
     split_text_by: str = "sentences"
     context_history: int = 0
+    task: str = "tts"  # or ns / sr (names.TASK_IDS): the task row before the prompt, output as long as the prompt
 
     @property
     def guidance(self) -> Guidance:
@@ -107,16 +108,17 @@ def pick_variant(model: Path, variant: str) -> str:
 
 
 def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str = "f32",
-                 n_ctx: int = DEFAULT_N_CTX, variant: str = "auto"):
+                 n_ctx: int = DEFAULT_N_CTX, variant: str = "auto", lora: Path | None = None):
     """The synthesis runtime's way into `runtimes.open.open_backend` (one opener), with the ONNX variant picked
-    from what was exported. The torch reference is opened by the CLI, the composition root."""
+    from what was exported. The torch reference is opened by the CLI, the composition root. `lora`: an adapter
+    GGUF applied by llama.cpp at run time."""
     model = Path(model)
     kind = detect_kind(model) if kind == "auto" else kind
     if variant != "auto" and kind != "onnx":
         raise BadInput(f"--variant selects an ONNX graph; {kind} reads its weight type from the file", model)
     chosen = pick_variant(model, variant) if kind == "onnx" else "fp32"
     return open_any_backend(model, kind, BackendOptions(threads=threads, n_ctx=n_ctx, kv_type=kv_type,
-                                                        variant=chosen))
+                                                        variant=chosen, lora=None if lora is None else str(lora)))
 
 
 def tokenizer_json(model: Path, backend, explicit: Path | None = None) -> str | None:
@@ -179,7 +181,11 @@ def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np
     resolved (not `auto`); `context` holds earlier pieces (level 0 only, sliced off)."""
 
     timings = {}
-    cond = Conditioning(phn, lang, prompt, context)
+    task = names.TASK_IDS.get(settings.task)
+    if settings.task != "tts" and (task is None or prompt is None):
+        raise BadInput(f"--task {settings.task} works on the prompt's audio: give --prompt" if task is not None
+                       else f"unknown task {settings.task!r} (tts, {', '.join(names.TASK_IDS)})")
+    cond = Conditioning(phn, lang, prompt, context, task)
     max_frames = int(settings.max_duration * backend.layout.frame_rate)
     t = time.perf_counter()
     if settings.modality == "ar+nar":
@@ -187,8 +193,11 @@ def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np
         codes0 = generate_ar(backend, cond, max_frames, settings.ar, rng, guidance=settings.guidance)
         timings["ar_s"] = time.perf_counter() - t
     else:
-        progress.stage("len")
-        frames = min(generate_len(backend, cond).frames, max_frames)
+        if task is None:
+            progress.stage("len")
+            frames = min(generate_len(backend, cond).frames, max_frames)
+        else:  # the original's ns / sr: the output is as long as the prompt
+            frames = len(prompt)
         timings["len_s"] = time.perf_counter() - t
         t = time.perf_counter()
         progress.stage(f"NAR-len demasking ({settings.demask_steps} steps, {frames} frames)")
@@ -204,5 +213,5 @@ def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np
     progress.stage(f"{codec.decoder.name} decode")
     audio = codec.decode(_pad_for_decoder(codes, codec.decoder.min_frames).T)[: len(codes) * codec.hop]
     timings["decode_s"] = time.perf_counter() - t
-    summary = {"frames": int(len(codes)), "phonemes": int(len(phn)), "timings_s": timings}
+    summary = {"task": settings.task, "frames": int(len(codes)), "phonemes": int(len(phn)), "timings_s": timings}
     return audio, codes, summary

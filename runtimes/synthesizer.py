@@ -52,11 +52,13 @@ class Synthesizer:
     def open(cls, model: str | os.PathLike, backend: str = "auto", codec: str | os.PathLike | None = None,
              variant: str = "auto", threads: int = 0, kv_type: str = "f32", tokenizer: str | os.PathLike | None = None,
              progress: Progress | None = None, runner=None, decoder: str | None = None,
-             n_ctx: int = DEFAULT_N_CTX) -> "Synthesizer":
+             n_ctx: int = DEFAULT_N_CTX, lora: str | os.PathLike | None = None) -> "Synthesizer":
         """Load once. `runner`: an already open backend (the CLI passes the torch reference this way, since
-        no runtime module imports it). `decoder`: vocos or encodec (default: vocos when its graph is there)."""
+        no runtime module imports it). `decoder`: vocos or encodec (default: vocos when its graph is there).
+        `lora`: an adapter GGUF applied by llama.cpp at run time."""
         model = Path(model)
-        runner = runner or synth.open_backend(model, backend, threads, kv_type, n_ctx, variant=variant)
+        runner = runner or synth.open_backend(model, backend, threads, kv_type, n_ctx, variant=variant,
+                                              lora=None if lora is None else Path(lora))
         found = synth.find_codec(model, Path(codec) if codec is not None else None, decoder)
         tok = synth.tokenizer_json(model, runner, Path(tokenizer) if tokenizer is not None else None)
         return cls(model, runner, found, tok, synth.source_config(model, runner), progress)
@@ -163,7 +165,8 @@ class Synthesizer:
         total, seconds = sum(timings.values()), len(audio) / self.codec.sample_rate
         return {"backend": self.backend.name, "exact": bool(getattr(self.backend, "exact", True)),
                 "approximation": getattr(self.backend, "approximation", ""), "modality": settings.modality,
-                "decoder": self.codec.decoder.name, "pieces": len(codes), "frames": int(sum(len(c) for c in codes)),
+                "decoder": self.codec.decoder.name, "task": settings.task, "pieces": len(codes),
+                "frames": int(sum(len(c) for c in codes)),
                 "piece_frames": [int(len(c)) for c in codes], "audio_s": round(seconds, 3),
                 "timings_s": {k: round(v, 4) for k, v in timings.items()}, "total_s": round(total, 4),
                 "rtf": round(total / seconds, 4) if seconds else None, "phonemes": phonemes}

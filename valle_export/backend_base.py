@@ -47,6 +47,12 @@ class CachedPassBackend:
         self._check_pass(spec)
         return self.head_logits(self._full_hidden(spec)[spec.out_start:], spec.head)
 
+    def pass_hidden(self, spec: PassSpec) -> np.ndarray:
+        """Full pass, no head: final-norm hidden states [spec.n_outputs, d] (what the original's stt returns at
+        this commit, where its pass names no head)."""
+        self._check_pass(spec)
+        return np.asarray(self._full_hidden(spec)[spec.out_start:], dtype=np.float32)
+
     def prefill(self, spec: PassSpec) -> np.ndarray:
         """Causal pass that (re)starts the KV cache: float32 logits [head rows] of the last position."""
         self._reset_cache()

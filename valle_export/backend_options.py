@@ -23,6 +23,7 @@ class BackendOptions:
     provider: str = "auto"  # onnxruntime execution provider (auto = CUDA when present)
     variant: str = "fp32"  # ONNX backbone variant
     extra_bufts: str | None = None  # llama.cpp AMX / repack weight buffers: auto / on / off (runtimes.host_cpu)
+    lora: str | None = None  # llama.cpp only: a LoRA adapter GGUF applied at run time (valle-export gguf-lora)
 
     def __post_init__(self) -> None:
         if self.threads < 0 or self.n_ctx < 1:

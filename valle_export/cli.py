@@ -55,6 +55,16 @@ def _torch_backend(model: Path):
     return TorchBackend(load_reference(model))
 
 
+def _load_model(model: Path, lora: Path | None, progress: Progress):
+    """The reference model of MODEL with the adapter LORA merged (the one place exports load a model)."""
+    from reference_model.load import load_reference
+
+    ref = load_reference(model, lora)
+    if ref.lora is not None:
+        progress.stage(f"adapter merged: {ref.lora.describe()}")
+    return ref
+
+
 def _raise_interrupted(signum, frame) -> None:
     """Signal handler: ignore further signals (so cleanup finishes), then unwind."""
     for sig in _CLEANUP_SIGNALS:
@@ -124,6 +134,9 @@ threads_option = click.option("--threads", type=opt.THREADS, default=0, show_def
                               help="CPU threads of the backend (0 = every core).")
 n_ctx_option = click.option("--n-ctx", type=opt.N_CTX, default=DEFAULT_N_CTX, show_default=True,
                             help="Positions one pass may hold (llama.cpp and ggml context).")
+lora_option = click.option("--lora", type=click.Path(path_type=Path), default=None,
+                           help="Merge this adapter (the original's lora.sft) into the exported weights: "
+                                "W + (alpha/rank) B A on q, v, o, gate, up, down.")
 # Existing folders each export refuses to write into (an export never lands in a checkpoint folder).
 _NOT_FOR_UNIFORM = (FolderKind.CHECKPOINT, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
 _NOT_FOR_ONNX = (FolderKind.CHECKPOINT, FolderKind.UNIFORM, FolderKind.HF_CODEC)
@@ -140,18 +153,19 @@ def main() -> None:
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=opt.OUTPUT, required=False)
 @output_option
+@lora_option
 @quiet_option
 @_one_line_errors
-def convert_cmd(ckpt: Path, out_dir: Path | None, output: Path | None, quiet: bool) -> None:
+def convert_cmd(ckpt: Path, out_dir: Path | None, output: Path | None, lora: Path | None, quiet: bool) -> None:
     """Write the uniform-ID HF folder (LlamaForCausalLM + layout + head biases) of CKPT to OUT_DIR."""
     out_dir = _output(out_dir, output)
-    check_output(out_dir, [ckpt], folder=True, refused_kinds=_NOT_FOR_UNIFORM)
+    check_output(out_dir, [ckpt, lora], folder=True, refused_kinds=_NOT_FOR_UNIFORM)
     progress = Progress(quiet)
     progress.stage(f"loading {ckpt}")
     from reference_model.hf_folder import save_uniform_folder
-    from reference_model.load import load_reference, tokenizer_beside
+    from reference_model.load import tokenizer_beside
 
-    model = load_reference(ckpt)
+    model = _load_model(ckpt, lora, progress)
     progress.stage(f"writing {out_dir} (vocab {model.layout.vocab_size}, {model.cfg.n_layers} layers)")
     save_uniform_folder(model, out_dir, tokenizer_beside(ckpt))
     progress.stage("done")
@@ -201,10 +215,11 @@ def demo_checkpoint_cmd(out: Path | None, output: Path | None, size: str, seed: 
                    "int8 MatMul weights, from the f32 graph). The same words as gguf --outtype.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default=None, hidden=True)  # older spelling
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, hidden=True)  # older spelling
+@lora_option
 @quiet_option
 @_one_line_errors
 def onnx_cmd(model: Path, out_dir: Path | None, output: Path | None, opset: int, outtype: str | None,
-             dtype: str | None, quantize: str | None, quiet: bool) -> None:
+             dtype: str | None, quantize: str | None, lora: Path | None, quiet: bool) -> None:
     """Export MODEL (native checkpoint or uniform folder) to ONNX in OUT_DIR, verified against the reference."""
     from .errors import BadInput
 
@@ -214,13 +229,14 @@ def onnx_cmd(model: Path, out_dir: Path | None, output: Path | None, opset: int,
             raise BadInput("give --outtype alone (--dtype / --quantize are its older spelling)")
         dtype, quantize = ONNX_OUTTYPES[outtype]
     dtype = dtype or "fp32"
-    check_output(out_dir, [model], folder=True, refused_kinds=_NOT_FOR_ONNX)
+    check_output(out_dir, [model, lora], folder=True, refused_kinds=_NOT_FOR_ONNX)
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
     from converters.onnx_export import export_onnx
-    from reference_model.load import load_reference, tokenizer_beside
+    from reference_model.load import tokenizer_beside
 
-    path = export_onnx(load_reference(model), out_dir, opset, dtype, quantize, progress, tokenizer_beside(model))
+    ref = _load_model(model, lora, progress)
+    path = export_onnx(ref, out_dir, opset, dtype, quantize, progress, tokenizer_beside(model))
     progress.stage(f"wrote {path}")
 
 
@@ -232,20 +248,21 @@ def onnx_cmd(model: Path, out_dir: Path | None, output: Path | None, opset: int,
               default="f16", show_default=True)
 @click.option("--arch", type=click.Choice(["gemma", "qwen2vl", "llama"]), default=None,
               help="Default: gemma for GELU models, qwen2vl for SiLU models; llama for SiLU + unified positions.")
+@lora_option
 @quiet_option
 @_one_line_errors
-def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quiet: bool) -> None:
+def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, lora: Path | None, quiet: bool) -> None:
     """Write MODEL (native checkpoint or uniform folder) as a GGUF for stock llama.cpp, verified on read-back."""
     if out is None:
         base = model if model.is_dir() else model.parent
         out = base / f"{base.name}.{outtype}.gguf"
-    check_output(out, [model])
+    check_output(out, [model, lora])
     progress = Progress(quiet)
     progress.stage(f"loading {model}")
     from converters.gguf_export import export_gguf
-    from reference_model.load import load_reference, tokenizer_beside
+    from reference_model.load import tokenizer_beside
 
-    ref = load_reference(model)
+    ref = _load_model(model, lora, progress)
     tok = tokenizer_beside(model)
     report = export_gguf(ref, out, outtype, arch, tok.read_text() if tok else None, progress)
     progress.stage(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, arch {report['arch']})")
@@ -253,6 +270,26 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 
     for line in report_lines(report["exactness"]):
         progress.stage(f"  stock llama.cpp (F32 KV), {line}")
+
+
+@main.command("gguf-lora")
+@click.argument("lora", type=click.Path(path_type=Path))
+@click.option("--base", "base", type=click.Path(path_type=Path), required=True,
+              help="The base GGUF (written by `valle-export gguf` without --lora) the adapter is for.")
+@click.option("-o", "--output", "out", type=opt.OUTPUT, required=True, help="The adapter GGUF to write.")
+@quiet_option
+@_one_line_errors
+def gguf_lora_cmd(lora: Path, base: Path, out: Path, quiet: bool) -> None:
+    """Write LORA (the original's lora.sft) as a llama.cpp LoRA adapter GGUF for BASE: load it at run time with
+    `synthesize BASE --lora OUT` (stock llama.cpp's llama_adapter_lora_init), one base for many voices."""
+    check_output(out, [lora, base])
+    progress = Progress(quiet)
+    progress.stage(f"reading {lora} for {base}")
+    from converters.gguf_lora import write_gguf_lora
+
+    report = write_gguf_lora(lora, base, out)
+    progress.stage(f"wrote {out} (arch {report['arch']}, {report['tensors']} tensors, adapter "
+                   f"{report['record'].describe()})")
 
 
 @main.command("synthesize")
@@ -317,6 +354,11 @@ def gguf_cmd(model: Path, out: Path | None, outtype: str, arch: str | None, quie
 @n_ctx_option
 @click.option("--kv-type", type=click.Choice(KV_TYPES), default="f32", show_default=True,
               help="llama.cpp KV cache type (f32 is exact for SiLU models).")
+@click.option("--lora", type=click.Path(path_type=Path), default=None,
+              help="llama.cpp backend: a LoRA adapter GGUF (valle-export gguf-lora) applied at run time.")
+@click.option("--task", type=click.Choice(["tts", *names.TASK_IDS]), default="tts", show_default=True,
+              help="ns (noise suppression) / sr (speech removal): the task row before the prompt, output as long "
+                   "as the prompt (NAR-len), as the original's --task.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @quiet_option
 @_one_line_errors
@@ -325,7 +367,8 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
                    context_history,
                    max_duration, ar_temperature, nar_temperature, top_k, top_p, min_p, top_no, repetition_penalty,
                    repetition_penalty_decay, length_penalty, dry_multiplier, dry_base, dry_allowed_length,
-                   demask_steps, cfg_strength, cfg_rescale, seed, threads, n_ctx, kv_type, as_json, quiet) -> None:
+                   demask_steps, cfg_strength, cfg_rescale, seed, threads, n_ctx, kv_type, lora, task, as_json,
+                   quiet) -> None:
     """Speak TEXT with MODEL (an exported ONNX folder or a GGUF file) and write WAV, FLAC or OGG."""
     import json
 
@@ -337,7 +380,7 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
 
     from .errors import BadInput
 
-    check_output(out, [model, *prompt, voice, tokenizer, synth.codec_folder(model, codec_dir)])
+    check_output(out, [model, *prompt, voice, tokenizer, synth.codec_folder(model, codec_dir), lora])
     if prompt and voice is not None:
         raise BadInput("give --prompt or --voice, not both")
     if text is not None:  # cheap input checks before loading the model
@@ -346,9 +389,12 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
         audio.read_audio(clip, max_seconds=0.01)
     progress = Progress(quiet)
     progress.stage(f"loading {model} ({backend})")
+    if backend == "torch" and lora is not None:
+        raise BadInput("--lora applies an adapter GGUF on the llama.cpp backend only; the torch reference merges "
+                       "lora.sft at export (convert --lora)", lora)
     runner = _torch_backend(model) if backend == "torch" else None
     tts = Synthesizer.open(model, backend, codec_dir, variant, threads, kv_type, tokenizer, progress, runner,
-                           decoder, n_ctx)
+                           decoder, n_ctx, lora)
     for line in tts.warnings():
         click.echo(line, err=True)
     shared = dict(top_k=top_k, top_p=top_p, min_p=min_p, top_no=top_no, repetition_penalty=repetition_penalty,
@@ -357,7 +403,7 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
     settings = synth.SynthesisSettings(
         modality=modality, max_duration=max_duration, demask_steps=demask_steps, cfg_strength=cfg_strength,
         cfg_rescale=cfg_rescale, seed=seed, prompt_seconds=prompt_seconds, split_text_by=split_text_by,
-        context_history=context_history,
+        context_history=context_history, task=task,
         ar=SamplerSettings(temperature=ar_temperature, length_penalty=length_penalty, **shared),
         nar=SamplerSettings(temperature=nar_temperature, **shared))
     speech = tts.speak_detailed(synth.TextInput(text, phonemes, phoneme_ids, lang, text_language),
@@ -457,6 +503,49 @@ def voice_cmd(clips: tuple[Path, ...], out: Path, codec_dir: Path, prompt_second
     progress.stage(f"wrote {out} ({voice.frames} frames, {voice.frames / voice.frame_rate:.2f} s)")
 
 
+@main.command("transcribe")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("audio", type=click.Path(path_type=Path))
+@click.option("--lang", default="en", show_default=True, help="Language token of the pass.")
+@click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml", "torch"]), default="auto",
+              show_default=True)
+@click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with the EnCodec graphs (default: beside MODEL).")
+@click.option("--max-tokens", type=opt.FRAMES, default=256, show_default=True, help="Most phonemes to produce.")
+@click.option("--max-seconds", type=opt.DURATION, default=30.0, show_default=True, help="Audio read from AUDIO.")
+@click.option("--lora", type=click.Path(path_type=Path), default=None,
+              help="llama.cpp backend: a LoRA adapter GGUF applied at run time.")
+@threads_option
+@n_ctx_option
+@click.option("--json", "as_json", is_flag=True, help="Print ids and IPA as JSON.")
+@_one_line_errors
+def transcribe_cmd(model: Path, audio: Path, lang: str, backend: str, codec_dir: Path | None, max_tokens: int,
+                   max_seconds: float, lora: Path | None, threads: int, n_ctx: int, as_json: bool) -> None:
+    """Speech to text (the original's --task stt): AUDIO (a WAV) -> phoneme ids and IPA, greedy, head `stt`
+    (the original at 73833ee reads unprojected hidden states here, a regression: see README)."""
+    import json
+
+    from runtimes import synthesize as synth
+    from runtimes.stt import audio_codes, decode_ids, transcribe_ids
+    from runtimes.text import language_id
+    from valle_export import wav
+
+    lang_id = language_id(lang)
+    wav.read_header(audio)
+    runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads,
+                                                                                            "f32", n_ctx, lora)
+    codec = synth.find_codec(model, codec_dir, "encodec")
+    codes = audio_codes(codec, audio, max_seconds)
+    ids = transcribe_ids(runner, codes, lang_id, max_tokens)
+    tok = synth.tokenizer_json(model, runner)
+    ipa = decode_ids(tok, ids) if tok is not None else None
+    if as_json:
+        click.echo(json.dumps({"ids": ids.tolist(), "ipa": ipa, "frames": int(len(codes))}, ensure_ascii=False))
+    else:
+        click.echo(",".join(str(i) for i in ids))
+        click.echo(ipa if ipa is not None else "(no tokenizer.json beside the model: ids only)")
+
+
 @main.command("encodec")
 @click.argument("paths", nargs=-1, type=opt.OUTPUT, metavar="[WEIGHTS] [OUT_DIR]")
 @output_option
@@ -542,37 +631,61 @@ def encodec_cpp_cmd(weights: Path | None, out: Path, outtype: str, seed: int, qu
 
 
 @main.command("inspect")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(path_type=Path), metavar="FILE_OR_FOLDER")
 @_one_line_errors
 def inspect_cmd(file: Path) -> None:
-    """Print the header, metadata and tensor table of a .gguf, .onnx or encodec.cpp file."""
+    """Print the header, metadata and tensor table of a .gguf, .onnx or encodec.cpp file, or the layout and
+    merged adapter of an export folder."""
     from .inspect_file import inspect_file
 
     for line in inspect_file(file):
         click.echo(line)
 
 
-def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path, options, progress: Progress):
+def _fixture_backend(fixture_dir: Path, backend: str, model: Path | None, tmp: Path, options, adapter: bool,
+                     progress: Progress):
     """The backend to check: torch on the fixture's checkpoint, or an exported file (made now if not given:
-    an f32 GGUF for the GGUF backends, an fp32 ONNX folder for onnx)."""
+    an f32 GGUF for the GGUF backends, an fp32 ONNX folder for onnx), with the folder's adapter (`lora.sft`)
+    merged when `adapter`."""
+    from reference_model.load import load_reference
+    from runtimes.fixture_check import LORA_FILE
+
+    lora = fixture_dir / LORA_FILE if adapter else None
     if backend == "torch":
-        return _torch_backend(fixture_dir)
+        from reference_model.backend import TorchBackend
+
+        return TorchBackend(load_reference(fixture_dir, lora))
     from runtimes.open import open_backend
 
     if model is None:
-        from reference_model.load import load_reference
-
         if backend in ("llamacpp", "ggml"):
             from converters.gguf_export import export_gguf
 
-            model = tmp / "model.gguf"
-            export_gguf(load_reference(fixture_dir), model, "f32", progress=progress)
+            model = tmp / f"model{'-lora' if adapter else ''}.gguf"
+            export_gguf(load_reference(fixture_dir, lora), model, "f32", progress=progress)
         else:
             from converters.onnx_export import export_onnx
 
-            model = tmp / "onnx"
-            export_onnx(load_reference(fixture_dir), model, progress=progress)
+            model = tmp / f"onnx{'-lora' if adapter else ''}"
+            export_onnx(load_reference(fixture_dir, lora), model, progress=progress)
     return open_backend(model, backend, options)
+
+
+def _given_model_serves(fixture_dir: Path, model: Path) -> bool:
+    """Whether an exported MODEL given to check-fixture carries the fixture's adapter (so it serves the case
+    files recorded with it) or none (the `_nolora` files); a different adapter is refused."""
+    from runtimes.fixture_check import LORA_FILE
+
+    from .errors import BadInput
+    from .lora_file import file_sha256, recorded_lora
+
+    record = recorded_lora(model)
+    if record is None:
+        return False
+    folder_lora = fixture_dir / LORA_FILE
+    if not folder_lora.is_file() or file_sha256(folder_lora) != record.sha256:
+        raise BadInput(f"has adapter {record.describe()} merged, which is not this fixture's {LORA_FILE}", model)
+    return True
 
 
 @main.command("check-fixture")
@@ -592,18 +705,32 @@ def check_fixture_cmd(fixture_dir: Path, backend: str, model: Path | None, threa
 
     from runtimes.fixture_check import check_fixture
 
+    serves = None if model is None else _given_model_serves(fixture_dir, model)
+    runners: dict[bool, object] = {}
+
+    def backend_for(adapter: bool):
+        if serves is not None and adapter != serves:
+            return None  # a given export serves only the files of its own adapter state
+        if adapter not in runners:
+            runners[adapter] = _fixture_backend(fixture_dir, backend, model, Path(tmp), options, adapter,
+                                                Progress(quiet))
+        return runners[adapter]
+
     with tempfile.TemporaryDirectory() as tmp:
         options = BackendOptions(threads=threads, n_ctx=n_ctx, provider="cpu")
-        runner = _fixture_backend(fixture_dir, backend, model, Path(tmp), options, Progress(quiet))
-        results = check_fixture(fixture_dir, runner)
+        results = check_fixture(fixture_dir, backend_for)
     for r in results:
         click.echo(r.line())
     failed = [r for r in results if not r.ok]
-    counts = {s: sum(r.status == s for r in results) for s in ("exact", "approximate", "refused")}
+    counts = {s: sum(r.status == s for r in results) for s in ("exact", "approximate", "refused", "skipped")}
     note = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     click.echo(f"{backend}: {len(results) - len(failed)}/{len(results)} cases meet the backend's contract ({note})")
-    if getattr(runner, "approximation", ""):
-        click.echo(f"{backend}: {runner.approximation}")
+    if serves is not None:
+        click.echo(f"{backend}: {model} {'carries' if serves else 'has no'} adapter: only the case files recorded "
+                   f"{'with' if serves else 'without'} it were checked")
+    approximations = sorted({getattr(r, "approximation", "") for r in runners.values()} - {""})
+    for text in approximations:
+        click.echo(f"{backend}: {text}")
     if failed:
         sys.exit(1)
 

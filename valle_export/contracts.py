@@ -23,6 +23,10 @@ CACHE_VS_RECOMPUTE_REL = 1e-5
 GELU_TANH_REL = 2e-3  # gemma's tanh GELU through ggml's fp16 table (measured 1.1e-4 .. 7.1e-4)
 F16_KV_REL = 5e-3  # an f16 KV cache on an f32 file (measured ~1e-3)
 APPROX_LOGITS_REL = 1e-2  # approximate backends without a measured bound (quantized weights)
+# a LoRA adapter GGUF applied by llama.cpp at run time vs the same adapter merged at export: on a GELU (gemma)
+# file the fp16 GELU table turns the different rounding into up to 1.2e-4 (fixture mrq-lora); SiLU files stay
+# within the exact contract
+LORA_RUNTIME_VS_MERGED_REL = 1e-3
 APPROX_TOKEN_AGREEMENT = 0.9  # argmax / greedy token agreement floor of approximate backends
 
 # --- exports, verified before they appear -------------------------------------------------------------------

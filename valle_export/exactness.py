@@ -34,7 +34,7 @@ ALTERNATIVES = "use the ONNX backend, or the ggml backend on this same file (--b
 
 def pass_kind(head: str) -> str:
     """The pass kind a head belongs to (the unit every verdict is given for)."""
-    if head == names.HEAD_AR:
+    if head in (names.HEAD_AR, names.HEAD_STT):  # stt: a causal level-0 pass like the AR's
         return PASS_AR
     if head == names.HEAD_LEN:
         return PASS_LEN

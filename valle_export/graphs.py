@@ -23,6 +23,7 @@ META_DTYPE = "valle.dtype"
 # sha256 of the runtime weights an export was made with, in the graph and in the weights file: a backbone
 # copied in from another model's export is refused instead of running with the wrong tables and heads
 META_WEIGHTS_FINGERPRINT = "valle.weights_fingerprint"
+META_LORA = "valle.lora"  # JSON LoraRecord of the adapter merged into the backbone (absent: none)
 
 
 @dataclasses.dataclass(frozen=True)

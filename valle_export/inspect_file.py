@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from . import encodec_cpp_format as fmt
+from . import encodec_cpp_format as fmt, graphs, names
 from .errors import BadInput
+from .lora_file import LoraRecord
 
 MAX_VALUE_CHARS = 100
 
@@ -38,6 +39,8 @@ def inspect_gguf(path: Path) -> list[str]:
         if isinstance(value, list) and len(value) > 8:
             value = f"[{', '.join(map(str, value[:4]))}, ...] ({len(value)} values)"
         lines.append(f"  {field.name:40s} {_short(value)}")
+    lora = reader.fields.get(names.GGUF_LORA)
+    lines.append(_adapter_line(lora.contents() if lora is not None else None, path))
     lines.append(f"tensors ({len(reader.tensors)}):")
     for t in reader.tensors:
         shape = tuple(int(x) for x in reversed(t.shape))
@@ -65,6 +68,9 @@ def inspect_onnx(path: Path) -> list[str]:
     lines += [f"  {o.name:32s} {dims(o)}" for o in model.graph.output]
     lines.append("metadata:")
     lines += [f"  {p.key:32s} {_short(p.value)}" for p in model.metadata_props]
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get(graphs.META_GRAPH) == "backbone":
+        lines.append(_adapter_line(meta.get(graphs.META_LORA), path))
     ops: dict[str, int] = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
@@ -86,8 +92,37 @@ def inspect_encodec_cpp(path: Path) -> list[str]:
     return lines
 
 
+def _adapter_line(record: str | None, path: Path) -> str:
+    """`merged adapter: ...` of a model file or folder (the LoRA merged at export, or none)."""
+    if record is None:
+        return "merged adapter: none"
+    return f"merged adapter: {LoraRecord.from_json(record, str(path)).describe()}"
+
+
+def inspect_folder(path: Path) -> list[str]:
+    """A uniform folder (its layout and merged adapter) or an ONNX folder (its fp32 or first backbone graph)."""
+    from .layout import Layout
+    from .paths import FolderKind, folder_kind
+
+    kind = folder_kind(path)
+    if kind is FolderKind.ONNX:
+        graph = path / graphs.BACKBONE_FILE
+        graph = graph if graph.is_file() else sorted(path.glob("backbone*.onnx"))[0]
+        return [f"ONNX export folder {path}"] + inspect_onnx(graph)
+    if kind is not FolderKind.UNIFORM:
+        raise BadInput(f"is {kind.value}; inspect reads .gguf, .onnx, encodec.cpp files and export folders", path)
+    layout = Layout.from_json((path / names.LAYOUT_FILE).read_bytes(), str(path / names.LAYOUT_FILE))
+    record = path / names.LORA_RECORD_FILE
+    return [f"uniform folder {path}",
+            f"layout: vocab {layout.vocab_size}, hidden {layout.hidden_size}, {len(layout.heads)} heads, "
+            f"{layout.position_mode} positions, {layout.hidden_act}",
+            _adapter_line(record.read_text() if record.is_file() else None, path)]
+
+
 def inspect_file(path: str | Path) -> list[str]:
     path = Path(path)
+    if path.is_dir():
+        return inspect_folder(path)
     if not path.is_file():
         raise BadInput("file not found", path)
     with open(path, "rb") as fh:

@@ -15,6 +15,7 @@ AUDIO_FORMATS = ("wav", "flac", "ogg")  # what synthesize writes
 HEAD_BIAS_FILE = "valle_head_bias.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 HF_CONFIG_FILE = "config.json"
+LORA_RECORD_FILE = "valle_lora.json"  # the adapter merged into a uniform folder (valle_export.lora_file.LoraRecord)
 
 # --- safetensors metadata of a native checkpoint -----------------------------------------------------
 META_CONFIG = "config"
@@ -84,6 +85,9 @@ def resp_name(index: int, levels: int) -> str:
     return f"NAR:{index - 1}:{index}"
 
 
+# rows of `tasks_emb` for the tasks the runtime runs (the original's task symmap; fixture mrq-lora: ns 2, sr 3)
+TASK_IDS = {"ns": 2, "sr": 3}
+
 HEAD_AR = "AR:0:0"
 HEAD_NAR_LEN = "NAR:0:0"
 HEAD_STT = "stt"
@@ -109,4 +113,5 @@ GGUF_HEAD_ROW_START = "valle.head_row_start"  # heads are rows [start, start + s
 GGUF_HEAD_BIAS = "valle.head_bias"  # float32 [sum(head rows)], heads in layout order
 GGUF_INPUT_SCALE = "valle.input_scale"  # the host multiplies summed inputs by this (gemma: 1/sqrt(n_embd))
 GGUF_ROPE_LAYOUT = "valle.qk_layout"  # "neox" (HF rotate-half) or "interleaved" (Q/K permuted for llama)
+GGUF_LORA = "valle.lora"  # JSON LoraRecord of the adapter merged into the weights (absent: none)
 GGUF_EXACTNESS = "valle.exactness"  # JSON: what stock llama.cpp computes exactly / approximately / not at all
