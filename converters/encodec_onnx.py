@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from valle_export import contracts, graphs
+from valle_export.codec_spec import ENCODEC
 from valle_export.errors import ValleExportError
 from valle_export.files import atomic_dir
 from valle_export.progress import Progress
@@ -48,9 +49,7 @@ class DecoderWrapper(nn.Module):
 
 def codec_metadata(random_weights: bool = False) -> dict[str, str]:
     """`random_weights` marks a codec exported without weights: synthesis warns that its audio is noise."""
-    info = {"sample_rate": codec.SAMPLE_RATE, "frame_rate": codec.SAMPLE_RATE // codec.HOP,
-            "codebooks": codec.N_CODEBOOKS, "bandwidth_kbps": codec.BANDWIDTH_KBPS, "hop": codec.HOP,
-            "random_weights": random_weights}
+    info = ENCODEC.metadata() | {"random_weights": random_weights}
     return {graphs.META_CODEC: json.dumps(info)}
 
 

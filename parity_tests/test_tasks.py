@@ -65,7 +65,7 @@ def test_task_synthesis_runs_and_backends_agree(setup, task):
         out = setup / f"{task}-{backend}.wav"
         r = invoke("synthesize", model, "--backend", backend, "--task", task, "--modality", "nar-len",
                    "--codec", setup / "onnx", "--phoneme-ids", "1,57,26,112,4,90,2", "--prompt", setup / "in.wav",
-                   "--demask-steps", "4", "--out", out, "--json", "-q")
+                   "--demask-steps", "4", "--ar-temperature", "0", "--out", out, "--json", "-q")
         assert r.exit_code == 0, r.stderr
         summary = json.loads(r.stdout)
         assert summary["task"] == task and summary["frames"] == 225, summary  # duration = the prompt's frames

@@ -252,7 +252,7 @@ def test_graph_interface_and_metadata(vocos_dir, onnx_vocos):
     assert [tuple(i.shape) for i in session.get_inputs()] == [t.dims for t in spec.inputs]
     info = json.loads(session.get_modelmeta().custom_metadata_map[graphs.META_CODEC])
     assert info == {"decoder": "vocos", "sample_rate": 24000, "frame_rate": 75, "codebooks": 8, "hop": 320,
-                    "n_fft": 1280, "bandwidth_id": 2, "min_frames": 1}
+                    "n_fft": 1280, "bandwidth_id": 2, "min_frames": 1, "random_weights": True}
     assert (onnx_vocos.name, onnx_vocos.min_frames) == ("vocos", 1)
     ops = {n.op_type for n in __import__("onnx").load(str(vocos_dir / graphs.VOCOS_DECODER_FILE)).graph.node}
     assert not ops & {"DFT", "STFT", "Col2Im"}, ops  # real-valued ops only: MatMul + Pad overlap-add

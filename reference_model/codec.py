@@ -16,12 +16,13 @@ import torch
 from transformers import EncodecConfig, EncodecModel
 
 from valle_export import contracts
+from valle_export.codec_spec import ENCODEC
 from valle_export.errors import BadCheckpoint
 
-BANDWIDTH_KBPS = 6.0
-N_CODEBOOKS = 8
-SAMPLE_RATE = 24000
-HOP = 320  # samples per frame (8 * 5 * 4 * 2)
+BANDWIDTH_KBPS = ENCODEC.bandwidth_kbps  # valle_export.codec_spec: the one place these are written
+N_CODEBOOKS = ENCODEC.codebooks
+SAMPLE_RATE = ENCODEC.sample_rate
+HOP = ENCODEC.hop
 
 # weight-norm parameter names: original (torch.nn.utils.weight_norm) <-> transformers (parametrizations)
 _PARAM_TO_HF = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}

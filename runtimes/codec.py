@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from valle_export import graphs, wav
+from valle_export.codec_spec import ENCODEC, REQUIRED_METADATA
 from valle_export.errors import BadInput
 
 DEFAULT_PROMPT_SECONDS = 3.0
@@ -19,7 +20,7 @@ DEFAULT_PROMPT_SECONDS = 3.0
 # as with the whole file, so trimming before resampling does not change the prompt's codes
 PROMPT_CONTEXT_SECONDS = 1.0
 MIN_DECODE_FRAMES = 7  # reflect padding needs >= 7 frames in both directions (encodec.cpp has the same limit)
-CODES_PER_BOOK = 1024
+CODES_PER_BOOK = ENCODEC.bins
 
 
 def _session(path: Path, provider: str, threads: int, hint: str):
@@ -54,10 +55,12 @@ class OnnxDecoder:
         except ValueError:
             raise BadInput(f"{graphs.META_CODEC} metadata is not JSON", path) from None
         self.name = str(info.get("decoder", "encodec"))
-        self.sample_rate = int(info.get("sample_rate", 24000))
-        self.frame_rate = int(info.get("frame_rate", 75))
-        self.codebooks = int(info.get("codebooks", 8))
-        self.hop = int(info.get("hop", 320))
+        missing = [k for k in REQUIRED_METADATA if k not in info]
+        if missing:
+            raise BadInput(f"{graphs.META_CODEC} metadata lacks {', '.join(missing)} (not a valle-export codec graph)",
+                           path)
+        self.sample_rate, self.frame_rate = int(info["sample_rate"]), int(info["frame_rate"])
+        self.codebooks, self.hop = int(info["codebooks"]), int(info["hop"])
         self.min_frames = int(info.get("min_frames", MIN_DECODE_FRAMES))
         self.random_weights = bool(info.get("random_weights", False))  # exported without weights (a demo)
 

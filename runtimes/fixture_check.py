@@ -90,7 +90,7 @@ class Fixture:
         prompt = t.get(f"{prefix}.prom")
         task = t.get(f"{prefix}.task_id")
         return Conditioning(t[f"{prefix}.phn"], int(t[f"{prefix}.lang"][0]), prompt,
-                            None if task is None else int(task[0]))
+                            task=None if task is None else int(task[0]))
 
     @property
     def uses_adapter(self) -> bool:

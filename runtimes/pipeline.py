@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from valle_export import names, sequence as seq
+from valle_export.codec_spec import ENCODEC
 
 from .backend import Backend
 from .samplers import GREEDY, SamplerSettings, draw, process, sample, softmax
@@ -169,6 +170,9 @@ def generate_nar(backend: Backend, cond: Conditioning, codes0: np.ndarray, sampl
     return resp
 
 
+LEN_MARGIN = 1.05  # the original's len -> frames margin
+
+
 @dataclasses.dataclass(frozen=True)
 class LenResult:
     value: int  # the original's integer: every token but the stop, leading start token 0 included
@@ -177,8 +181,8 @@ class LenResult:
 
     @property
     def frames(self) -> int:
-        """Duration the original's TTS front end derives from `value` (at least 1 s, +5%)."""
-        return int(max(self.value, 75) * 1.05)
+        """Duration the original's TTS front end derives from `value` (at least 1 s of frames, +5%)."""
+        return int(max(self.value, ENCODEC.frame_rate) * LEN_MARGIN)
 
 
 def generate_len(backend: Backend, cond: Conditioning, max_steps: int = 10, use_cache: bool = True) -> LenResult:

@@ -185,7 +185,7 @@ def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np
     if settings.task != "tts" and (task is None or prompt is None):
         raise BadInput(f"--task {settings.task} works on the prompt's audio: give --prompt" if task is not None
                        else f"unknown task {settings.task!r} (tts, {', '.join(names.TASK_IDS)})")
-    cond = Conditioning(phn, lang, prompt, context, task)
+    cond = Conditioning(phn, lang, prompt, context=context, task=task)
     max_frames = int(settings.max_duration * backend.layout.frame_rate)
     t = time.perf_counter()
     if settings.modality == "ar+nar":

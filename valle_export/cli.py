@@ -383,6 +383,8 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
     check_output(out, [model, *prompt, voice, tokenizer, synth.codec_folder(model, codec_dir), lora])
     if prompt and voice is not None:
         raise BadInput("give --prompt or --voice, not both")
+    if task != "tts" and not prompt and voice is None:
+        raise BadInput(f"--task {task} works on the prompt's audio: give --prompt")
     if text is not None:  # cheap input checks before loading the model
         check_espeak_language(text_language or lang)
     for clip in prompt:
@@ -533,7 +535,7 @@ def transcribe_cmd(model: Path, audio: Path, lang: str, backend: str, codec_dir:
     lang_id = language_id(lang)
     wav.read_header(audio)
     runner = _torch_backend(model) if backend == "torch" else synth.open_backend(model, backend, threads,
-                                                                                            "f32", n_ctx, lora)
+                                                                                            "f32", n_ctx, lora=lora)
     codec = synth.find_codec(model, codec_dir, "encodec")
     codes = audio_codes(codec, audio, max_seconds)
     ids = transcribe_ids(runner, codes, lang_id, max_tokens)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .codec_spec import ENCODEC
 from .errors import BadInput
 
 MAGIC = 0x67676D6C
@@ -36,9 +37,9 @@ class Hparams:
     n_filters: int = 32
     kernel_size: int = 7
     residual_kernel_size: int = 3
-    n_bins: int = 1024
+    n_bins: int = ENCODEC.bins
     bandwidth: int = 6
-    sample_rate: int = 24000
+    sample_rate: int = ENCODEC.sample_rate
     ftype: int = F16
 
     RATIOS = (8, 5, 4, 2)

@@ -3,11 +3,13 @@ the checker (a session's inputs and outputs must match) and the runtimes (bindin
 
 Names follow the ecosystem (optimum, onnxruntime-genai): `inputs_embeds`, `attention_mask`, `position_ids`,
 `past_key_values.{i}.key|value`, `present.{i}.key|value`. The mask's last axis has its own symbolic dim
-(`total_sequence`): the dynamo exporter rejects a sum of two dynamic dims. Imports: stdlib.
+(`total_sequence`): the dynamo exporter rejects a sum of two dynamic dims. Imports: names, stdlib.
 """
 from __future__ import annotations
 
 import dataclasses
+
+from . import names
 
 FLOAT, INT64 = "float32", "int64"
 
@@ -15,9 +17,10 @@ BACKBONE_FILE = "backbone.onnx"
 WEIGHTS_FILE = "valle_weights.safetensors"  # flat table, stacked heads, head biases (read by the runtime)
 EMBED_TENSOR = "embed_tokens.weight"
 HEAD_WEIGHT_TENSOR = "lm_head.weight"
-HEAD_BIAS_TENSOR = "lm_head.bias"
-META_LAYOUT = "valle.layout"
-META_SOURCE_CONFIG = "valle.source_config"
+# the same strings as the GGUF's keys and the uniform model's bias tensor: one spelling, in `names`
+HEAD_BIAS_TENSOR = names.HEAD_BIAS_TENSOR
+META_LAYOUT = names.GGUF_LAYOUT
+META_SOURCE_CONFIG = names.GGUF_SOURCE_CONFIG
 META_GRAPH = "valle.graph"
 META_DTYPE = "valle.dtype"
 # sha256 of the runtime weights an export was made with, in the graph and in the weights file: a backbone

@@ -15,11 +15,12 @@ import json
 from typing import Any
 
 from . import names
+from .codec_spec import ENCODEC
 from .config import ValleConfig
 from .errors import BadInput
 
-FRAME_RATE = 75  # EnCodec 24 kHz frames per second
-SAMPLE_RATE = 24000
+FRAME_RATE = ENCODEC.frame_rate  # EnCodec 24 kHz frames per second
+SAMPLE_RATE = ENCODEC.sample_rate
 LEN_TOKENS = 11  # digits 0-9, stop 10
 
 

@@ -106,7 +106,7 @@ POSITIONS_SEGMENTED = "segmented"
 POSITIONS_UNIFIED = "unified"
 
 # --- GGUF keys (valle.*) ----------------------------------------------------------------------------------
-GGUF_LAYOUT = "valle.layout"  # JSON of the Layout
+GGUF_LAYOUT = "valle.layout"  # JSON of the Layout (also the ONNX graphs' and weights' metadata key)
 GGUF_SOURCE_CONFIG = "valle.source_config"  # the native config JSON
 GGUF_TOKENIZER = "valle.tokenizer"  # the phoneme tokenizer.json, when the checkpoint has one
 GGUF_HEAD_ROW_START = "valle.head_row_start"  # heads are rows [start, start + sum(head rows)) of token_embd
