@@ -428,7 +428,9 @@ def serve_cmd(model: Path, host: str, port: int, backend: str, variant: str, cod
             codec=str(codec_dir.resolve()) if codec_dir else None, decoder=decoder,
             voices_dir=str(voices_dir.resolve()) if voices_dir else None, voice_specs=voice_specs,
             model_name=model_name, max_rows=max_rows, max_queue=max_queue, max_kv_mb=max_kv_mb,
-            replicas=replicas or 1, autoscale=autoscale, threads=threads or 1, n_ctx=n_ctx))
+            replicas=replicas or 1, autoscale=autoscale, threads=threads or 1, n_ctx=n_ctx,
+            # one machine (a local instance) may hold several engines; on a cluster, one engine per machine
+            max_replicas_per_node=1 if ray_address else "none"))
         return
 
     from runtimes.engine import Engine, EngineConfig
@@ -461,14 +463,15 @@ def _serve_on_ray(model: Path, host: str, port: int, address: str | None, args: 
     """The same app on Ray Serve (runtimes.scale); a missing ray is one line naming the extra."""
     from .errors import BadInput
 
+    from runtimes.scale.config import from_args
+
+    config = from_args({k: v for k, v in args.items() if v is not None})
     if address is None and not model.exists():
         raise BadInput("no such model", model)
     import ray  # noqa: F401  (a missing `ray` extra is one line, before anything starts)
 
-    from runtimes.scale.config import from_args
     from runtimes.scale.launch import run_forever
 
-    config = from_args({k: v for k, v in args.items() if v is not None})
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: anyone who can reach it may synthesize and upload voices",
                    err=True)

@@ -154,10 +154,13 @@ class RaySpeaker:
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        s = self.stats
+        s, replica = self.stats, self.where.get("replica", "")
 
         class Collector:
             def collect(self):
+                info = GaugeMetricFamily("valle_ingress_info", "The ingress replica answering.", labels=["replica"])
+                info.add_metric([replica], 1)
+                yield info
                 done = CounterMetricFamily("valle_requests", "Requests by outcome (this ingress).", labels=["outcome"])
                 for outcome, n in (("done", s.done), ("failed", s.failed), ("cancelled", s.cancelled)):
                     done.add_metric([outcome], n)

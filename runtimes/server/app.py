@@ -219,6 +219,10 @@ def create_speech_app(speaker: Speaker, voices, config: ServerConfig = ServerCon
     return app
 
 
+class SynthesisAborted(Exception):
+    """A request failed after its first audio left (the engine failed, or every engine replica was lost)."""
+
+
 async def _relay(stream: SpeechStream, encoder: Encoder, first, sse: bool):
     """The response body: each sentence's bytes as soon as it is decoded (streamed formats), in order; a
     disconnect cancels the generator and with it the request's rows."""
@@ -247,7 +251,10 @@ async def _relay(stream: SpeechStream, encoder: Encoder, first, sse: bool):
             elif isinstance(event, Failed):
                 if sse:
                     yield frame({"type": "error", "error": {"message": event.message, "type": "server_error"}})
-                return
+                    return
+                # raw audio has no way to say so: cut the connection (no final chunk), so no client takes a
+                # short file for a whole one
+                raise SynthesisAborted(event.message)
             event = await stream.next()
     finally:
         stream.close()
