@@ -448,14 +448,38 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
               help="Requests waiting for a row before new ones get 429.")
 @click.option("--max-kv-mb", type=click.IntRange(1, 1 << 20), default=1024, show_default=True,
               help="KV cache budget of the AR batch.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run on Ray Serve (pip install 'valle-export[ray]'): engine replicas, one per machine.")
+@click.option("--replicas", type=click.IntRange(1, 10000), default=None, help="Engine replicas (with --ray; 1).")
+@click.option("--autoscale", default=None, metavar="MIN:MAX", help="Autoscale engine replicas (with --ray).")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="An existing Ray cluster (auto, HOST:PORT); default: a local Ray instance on loopback.")
 @threads_option
 @n_ctx_option
 @_one_line_errors
 def serve_cmd(model: Path, host: str, port: int, backend: str, variant: str, codec_dir, decoder, voices_dir,
-              voice_specs, model_name: str, max_rows: int, max_queue: int, max_kv_mb: int, threads: int,
+              voice_specs, model_name: str, max_rows: int, max_queue: int, max_kv_mb: int, use_ray: bool,
+              replicas: int | None, autoscale: str | None, ray_address: str | None, threads: int,
               n_ctx: int) -> None:
     """Serve MODEL over HTTP: OpenAI's POST /v1/audio/speech, voices, metrics and a web page at /."""
     import os
+
+    from .errors import BadInput
+
+    if not use_ray and (replicas is not None or autoscale is not None or ray_address is not None):
+        raise BadInput("--replicas, --autoscale and --ray-address need --ray")
+    if replicas is not None and autoscale is not None:
+        raise BadInput("give --replicas or --autoscale, not both")
+    if use_ray:
+        _serve_on_ray(model, host, port, ray_address, dict(
+            model=str(model.resolve()), backend=backend, variant=variant,
+            codec=str(codec_dir.resolve()) if codec_dir else None, decoder=decoder,
+            voices_dir=str(voices_dir.resolve()) if voices_dir else None, voice_specs=voice_specs,
+            model_name=model_name, max_rows=max_rows, max_queue=max_queue, max_kv_mb=max_kv_mb,
+            replicas=replicas or 1, autoscale=autoscale, threads=threads or 1, n_ctx=n_ctx,
+            # one machine (a local instance) may hold several engines; on a cluster, one engine per machine
+            max_replicas_per_node=1 if ray_address else "none"))
+        return
 
     from runtimes.engine import Engine, EngineConfig
     from runtimes.synthesizer import Synthesizer
@@ -481,6 +505,31 @@ def serve_cmd(model: Path, host: str, port: int, backend: str, variant: str, cod
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         engine.close()
+
+
+def _serve_on_ray(model: Path, host: str, port: int, address: str | None, args: dict) -> None:
+    """The same app on Ray Serve (runtimes.scale); a missing ray is one line naming the extra."""
+    from .errors import BadInput
+
+    from runtimes.scale.config import from_args
+
+    config = from_args({k: v for k, v in args.items() if v is not None})
+    if address is None and not model.exists():
+        raise BadInput("no such model", model)
+    import ray  # noqa: F401  (a missing `ray` extra is one line, before anything starts)
+
+    from runtimes.scale.launch import run_forever
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: listening on {host}: anyone who can reach it may synthesize and upload voices",
+                   err=True)
+    engines = f"{config.autoscale[0]}-{config.autoscale[1]}" if config.autoscale else str(config.replicas)
+    try:
+        run_forever(config, host, port, address, on_ready=lambda base: click.echo(
+            f"serving {model} on {base}/ with Ray Serve ({engines} engine replica(s), "
+            f"{'cluster ' + address if address else 'local Ray on loopback'})", err=True))
+    except RuntimeError as err:  # Serve's "deploying application failed" (e.g. a model a node cannot open)
+        raise BadInput(f"Ray Serve could not deploy: {str(err).splitlines()[0]}") from None
 
 
 @main.command("voice")

@@ -20,6 +20,7 @@ OPTIONAL_MODULES: dict[str, str] = {
     "python_multipart": "serve",
     "prometheus_client": "serve",
     "lameenc": "serve",
+    "ray": "ray",
 }
 
 

@@ -1,18 +1,18 @@
-"""The HTTP layer: OpenAI's speech and voice routes, models, health, metrics and the page, over one engine.
+"""The HTTP layer: OpenAI's speech and voice routes, models, health, metrics and the page, over a `Speaker`.
 
-Thin on purpose: validation and error shapes here, synthesis in `runtimes.engine`, formats in `formats`,
-voices in `voices`. Every refusal is OpenAI's error body `{"error": {"message", "type", "param", "code"}}`.
+Thin on purpose: validation and error shapes here, synthesis behind `speaker.Speaker` (the in-process engine,
+or engine replicas on a Ray cluster: the same app is Ray Serve's ingress), formats in `formats`, voices in
+`voices` (a folder here, a registry deployment on Ray). Every refusal is OpenAI's error body
+`{"error": {"message", "type", "param", "code"}}`.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import json
 import threading
 from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
@@ -21,12 +21,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from valle_export.errors import ValleExportError
 
-from ..engine import Audio, Done, Engine, Failed, QueueFull
-from ..synthesize import SynthesisSettings, TextInput
+from ..engine import Audio, Done, Failed, QueueFull
+from ..synthesize import TextInput
 from .formats import MEDIA_TYPES, Encoder, UnsupportedFormat
-from .metrics import metrics_text
 from .schemas import SpeechRequest
-from .voices import UnknownVoice, VoiceStore
+from .speaker import LocalSpeaker, Refused, Speaker, SpeechStream
+from .voices import UnknownVoice
 
 OPENAI_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -58,7 +58,18 @@ def _validation_message(err: ValidationError) -> tuple[str, str | None]:
     return f"{where + ': ' if where else ''}{first.get('msg', 'invalid value')}", where
 
 
-def create_app(tts, engine: Engine, voices: VoiceStore, config: ServerConfig = ServerConfig()) -> FastAPI:
+def busy_error(err: QueueFull) -> ApiError:
+    return ApiError(429, str(err), code="rate_limit_exceeded", headers={"Retry-After": str(err.retry_after)},
+                    kind="rate_limit_error")
+
+
+def create_app(tts, engine, voices, config: ServerConfig = ServerConfig()) -> FastAPI:
+    """The one-machine server: `tts` (a `Synthesizer`) and its `Engine` in this process."""
+    return create_speech_app(LocalSpeaker(tts, engine), voices, config)
+
+
+def create_speech_app(speaker: Speaker, voices, config: ServerConfig = ServerConfig()) -> FastAPI:
+    """`voices`: a `VoiceStore` or anything with its methods (called on a worker thread: they may block)."""
     app = FastAPI(title="valle-export speech server", docs_url=None, redoc_url=None)
     app.state.ready = False
     models = (config.model_name, *OPENAI_MODELS)
@@ -75,9 +86,7 @@ def create_app(tts, engine: Engine, voices: VoiceStore, config: ServerConfig = S
     @app.on_event("startup")
     async def _warm_up():
         def run():
-            pieces = [(np.array([tts.backend.layout.bos_token, tts.backend.layout.eos_token]), 0, "")]
-            for _ in engine.stream(pieces, None, SynthesisSettings(max_duration=0.1, seed=0, demask_steps=1)):
-                pass
+            speaker.warm_up()
             app.state.ready = True
 
         threading.Thread(target=run, daemon=True).start()
@@ -110,11 +119,11 @@ def create_app(tts, engine: Engine, voices: VoiceStore, config: ServerConfig = S
             raise ApiError(400, f"unknown model {req.model!r} (this server has {', '.join(models)})", "model",
                            "model_not_found")
         try:
-            encoder = Encoder(req.response_format, tts.codec.sample_rate)
+            encoder = Encoder(req.response_format, speaker.sample_rate)
         except UnsupportedFormat as err:
             raise ApiError(400, str(err), "response_format") from None
         try:
-            prompt = voices.prompt(req.voice_id)
+            prompt = await run_in_threadpool(voices.prompt, req.voice_id)
         except UnknownVoice as err:
             raise ApiError(404, str(err), "voice", "voice_not_found") from None
         except ValleExportError as err:
@@ -122,28 +131,19 @@ def create_app(tts, engine: Engine, voices: VoiceStore, config: ServerConfig = S
         field = "phonemes" if req.phonemes else "text"
         text = TextInput(**{field: req.input}, language=req.language, text_language=req.text_language)
         try:
-            pieces = await run_in_threadpool(tts.pieces, text, req.split_text_by)
-        except ValleExportError as err:
-            raise ApiError(400, str(err), "input") from None
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        try:
-            job = engine.submit(pieces, prompt, req.settings(),
-                                lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+            stream = await speaker.start(text, prompt, req.settings())
         except QueueFull as err:
-            raise ApiError(429, str(err), code="rate_limit_exceeded", headers={"Retry-After": str(err.retry_after)},
-                           kind="rate_limit_error") from None
-        except ValleExportError as err:
-            raise ApiError(400, str(err)) from None
-        try:
-            first = await events.get()
-        except asyncio.CancelledError:
-            engine.cancel(job)
-            raise
+            raise busy_error(err) from None
+        except Refused as err:
+            raise ApiError(400, err.message, err.param) from None
+        first = await stream.next()
         if isinstance(first, Failed):
+            stream.close()
             raise ApiError(500, first.message, kind="server_error")
         sse = req.stream_format == "sse"
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Seed": str(job.seed)}
-        return StreamingResponse(_relay(engine, job, encoder, first, events, sse),
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Seed": str(stream.seed),
+                   **stream.headers}
+        return StreamingResponse(_relay(stream, encoder, first, sse),
                                  media_type="text/event-stream" if sse else MEDIA_TYPES[req.response_format],
                                  headers=headers)
 
@@ -175,19 +175,19 @@ def create_app(tts, engine: Engine, voices: VoiceStore, config: ServerConfig = S
 
     @app.get("/v1/audio/voices")
     async def list_voices():
-        return {"voices": voices.list()}
+        return {"voices": await run_in_threadpool(voices.list)}
 
     @app.get("/v1/audio/voices/{voice_id}")
     async def get_voice(voice_id: str):
         try:
-            return voices.get(voice_id)
+            return await run_in_threadpool(voices.get, voice_id)
         except UnknownVoice as err:
             raise ApiError(404, str(err), "voice_id", "voice_not_found") from None
 
     @app.delete("/v1/audio/voices/{voice_id}")
     async def delete_voice(voice_id: str):
         try:
-            voices.delete(voice_id)
+            await run_in_threadpool(voices.delete, voice_id)
         except UnknownVoice as err:
             raise ApiError(404, str(err), "voice_id", "voice_not_found") from None
         return {"id": voice_id, "object": "audio.voice.deleted", "deleted": True}
@@ -206,11 +206,11 @@ def create_app(tts, engine: Engine, voices: VoiceStore, config: ServerConfig = S
     async def ready():
         if not app.state.ready:
             return JSONResponse({"status": "warming up"}, status_code=503)
-        return {"status": "ready", "backend": tts.backend.name, "batched": engine.batched}
+        return {"status": "ready", **speaker.status()}
 
     @app.get("/metrics")
     async def metrics():
-        return Response(metrics_text(engine), media_type="text/plain; version=0.0.4")
+        return Response(speaker.metrics(), media_type="text/plain; version=0.0.4")
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -219,7 +219,11 @@ def create_app(tts, engine: Engine, voices: VoiceStore, config: ServerConfig = S
     return app
 
 
-async def _relay(engine: Engine, job, encoder: Encoder, first, events: asyncio.Queue, sse: bool):
+class SynthesisAborted(Exception):
+    """A request failed after its first audio left (the engine failed, or every engine replica was lost)."""
+
+
+async def _relay(stream: SpeechStream, encoder: Encoder, first, sse: bool):
     """The response body: each sentence's bytes as soon as it is decoded (streamed formats), in order; a
     disconnect cancels the generator and with it the request's rows."""
     def frame(payload: dict) -> bytes:
@@ -247,8 +251,10 @@ async def _relay(engine: Engine, job, encoder: Encoder, first, events: asyncio.Q
             elif isinstance(event, Failed):
                 if sse:
                     yield frame({"type": "error", "error": {"message": event.message, "type": "server_error"}})
-                return
-            event = await events.get()
+                    return
+                # raw audio has no way to say so: cut the connection (no final chunk), so no client takes a
+                # short file for a whole one
+                raise SynthesisAborted(event.message)
+            event = await stream.next()
     finally:
-        if not job.finished:
-            engine.cancel(job)
+        stream.close()
