@@ -13,7 +13,8 @@ with every export a row needs). Input: 62 phonemes, language 0, no prompt. Each 
 and RTF = (AR + NAR + Vocos decode) / audio seconds. Codes and Vocos audio are compared with the exact
 `onnx-fp32` row: level-0 / all-level token agreement and the waveform's relative error.
 
-Row names: `onnx-<variant>` (fp32, fp16, int8, q8_0, q4_0), `ggml-<gguf type>`, `llamacpp-<gguf type>`,
+Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache): `onnx-<variant>` (fp32, fp16, int8, q8_0,
+q4_0), `ggml-<gguf type>`, `llamacpp-<gguf type>`,
 `hybrid-<gguf type>+<onnx variant>` (a model folder holding both; AR on ggml, NAR on onnxruntime, opened by
 `--backend auto` exactly as `synthesize` does), and `torch-recompute`: the original's loop (torch reference,
 every AR step recomputes the whole sequence, `use_cache=False`), timed at 3 lengths and EXTRAPOLATED to the
@@ -46,9 +47,9 @@ from benchmarks.bench import gguf_path, prepare as prepare_base  # noqa: E402
 
 AUDIO_TOKENS = 1024  # AR head rows past these are the stop token: excluded to force the length
 PHONEMES = 62
-DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-int8", "onnx-q8_0", "onnx-q4_0", "ggml-f32", "ggml-q8_0",
-                "ggml-q4_k_m", "hybrid-q4_k_m+q8_0", "hybrid-q4_0+q8_0"]
-DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-q8_0", "hybrid-q4_k_m+q8_0"]
+DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-int8", "onnx-q8_0", "onnx-q4_0", "ggml-q8_0", "ggml-q4_k_m",
+                "ggml-q4_k_m@f16kv", "hybrid-q4_k_m+q8_0", "hybrid-q4_k_m+q8_0@f16kv"]
+DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-q8_0"]
 RECOMPUTE_PROBES = 3  # torch-recompute: passes timed at the start, middle and end lengths
 EXACT_ROW = "onnx-fp32"  # the rows' accuracy is measured against this one (it runs first)
 CAVEAT = ("Caveat: these numbers hold for an idle machine. Other processes on these cores (see the load average "
@@ -81,7 +82,7 @@ def _load() -> str:
 # --- backends ----------------------------------------------------------------------------------------------
 def hybrid_folder(work: Path, row: str) -> Path:
     """A model folder as a user would make it: the ONNX export's files and one GGUF (symbolic links here)."""
-    gguf_type, variant = row.split("-", 1)[1].split("+")
+    gguf_type, variant = row.split("@")[0].split("-", 1)[1].split("+")
     folder = work / f"hybrid.{gguf_type}.{variant}"
     folder.mkdir(exist_ok=True)
     from valle_export import graphs
@@ -103,6 +104,8 @@ def hybrid_folder(work: Path, row: str) -> Path:
 def open_row(row: str, work: Path, threads: int):
     from runtimes.synthesize import open_backend
 
+    row, _, suffix = row.partition("@")
+    kv_type = "f16" if suffix == "f16kv" else "f32"
     kind, _, spec = row.partition("-")
     if kind == "torch":
         import torch
@@ -115,8 +118,9 @@ def open_row(row: str, work: Path, threads: int):
     if kind == "onnx":
         return open_backend(work / "onnx", "onnx", threads, variant=spec)
     if kind == "hybrid":
-        return open_backend(hybrid_folder(work, row), "auto", threads, n_ctx=2048, variant=spec.split("+")[1])
-    return open_backend(work / f"model.{spec}.gguf", kind, threads, n_ctx=2048)
+        return open_backend(hybrid_folder(work, row), "auto", threads, kv_type, n_ctx=2048,
+                            variant=spec.split("+")[1])
+    return open_backend(work / f"model.{spec}.gguf", kind, threads, kv_type, n_ctx=2048)
 
 
 # --- stages ------------------------------------------------------------------------------------------------
@@ -269,7 +273,7 @@ def weight_bytes(work: Path, row: str) -> int:
     from benchmarks.bench import backbone_bytes
     from valle_export import graphs
 
-    kind, _, spec = row.partition("-")
+    kind, _, spec = row.split("@")[0].partition("-")
     if kind in ("ggml", "llamacpp"):
         return backbone_bytes(gguf_path(work, row))
     if kind == "hybrid":
@@ -287,7 +291,7 @@ def nar_weight_params(work: Path) -> int:
 
 def add_floors(r: dict, work: Path, bandwidth: float, peak: float, d: int = 1024, layers: int = 12) -> None:
     if "step_ms" in r:
-        kv_type_bytes = 4
+        kv_type_bytes = 2 if r["row"].endswith("@f16kv") else 4
         mean_ctx = (r["context_first"] + r["context_last"]) / 2
         kv = 2 * layers * mean_ctx * d * kv_type_bytes
         r["ar_floor_ms"] = 1000 * (weight_bytes(work, r["row"]) + kv) / bandwidth
@@ -368,7 +372,7 @@ def prepare(work: Path, rows: list[str]) -> None:
     """Everything the rows need, made once in --work (shared with bench.py's files)."""
     base = ["onnx-fp32", "encodec-onnx", "vocos-onnx"]
     for row in rows:
-        kind, _, spec = row.partition("-")
+        kind, _, spec = row.split("@")[0].partition("-")
         if kind in ("ggml", "llamacpp"):
             base.append(row)
         elif kind == "hybrid":
@@ -380,7 +384,7 @@ def prepare(work: Path, rows: list[str]) -> None:
     from valle_export import graphs
 
     for row in rows:
-        kind, _, spec = row.partition("-")
+        kind, _, spec = row.split("@")[0].partition("-")
         variant = spec.split("+")[1] if kind == "hybrid" else spec if kind == "onnx" else None
         if variant in ("fp16", "q8_0", "q4_0") and not (work / "onnx" / graphs.backbone_file(variant)).exists():
             subprocess.run([sys.executable, "-m", "valle_export.cli", "onnx", str(work / "ckpt"), "-o",

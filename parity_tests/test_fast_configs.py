@@ -148,3 +148,26 @@ def test_guided_passes_batched_give_the_same_tokens(onnx_export):
     got = generate_nar(counting, cond, codes0, guidance=guidance)
     want = generate_nar(_Unbatched(backend), cond, codes0, guidance=guidance)
     assert (got == want).all(), f"{int((got != want).sum())} guided NAR tokens differ"
+
+
+# --- ggml f16 KV cache ------------------------------------------------------------------------------------------
+def test_ggml_f16_kv_cache_within_its_bound(gguf_export):
+    """Half the cache bytes per AR step; labelled approximate with contracts.F16_KV_REL (measured 3.2e-4 at the
+    released size with f32 weights)."""
+    from runtimes.ggml_backend import GgmlBackend
+    from valle_export import names
+
+    path = gguf_export(DEMO_VARIANTS[0])
+    exact, half = GgmlBackend(path, 1, 256), GgmlBackend(path, 1, 256, "f16")
+    assert exact.exact and not half.exact and "f16 KV" in half.approximation
+    cond = random_conditioning(4)
+    spec = seq.ar_pass(exact.layout, cond.phn, cond.lang, cond.prompt, [])
+    want, got = [exact.prefill(spec)], [half.prefill(spec)]
+    for code in np.random.default_rng(4).integers(0, 1024, 20):
+        spec = seq.extend(exact.layout, spec, names.HEAD_AR, [int(code)])
+        want.append(exact.extend(spec))
+        got.append(half.extend(spec))
+    err = contracts.rel_error(np.array(got), np.array(want))
+    assert contracts.within(err, contracts.F16_KV_REL), f"f16 KV cache: logits rel {err:.2e} > {contracts.F16_KV_REL}"
+    with pytest.raises(BadInput, match="kv_type"):
+        GgmlBackend(path, 1, 256, "q8_0")

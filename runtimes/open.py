@@ -42,7 +42,7 @@ def open_backend(model: Path, kind: str = "auto", options: BackendOptions = Back
     if kind == "ggml":
         from .ggml_backend import GgmlBackend
 
-        return GgmlBackend(model, options.threads, options.n_ctx)
+        return GgmlBackend(model, options.threads, options.n_ctx, options.kv_type)
     if kind == HYBRID:
         from .hybrid_backend import HybridBackend
 
