@@ -24,6 +24,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from valle_export import graphs, names
+from valle_export.backend_options import WEIGHT_ONLY_VARIANTS
 from valle_export.errors import BadInput, ValleExportError
 from valle_export.files import atomic_dir
 from valle_export.progress import Progress
@@ -169,10 +170,10 @@ def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype:
     progress = progress or Progress(quiet=True)
     if dtype not in DTYPES:
         raise BadInput(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if quantize not in (None, "int8"):
-        raise BadInput(f"--quantize {quantize!r}: only int8 is supported")
+    if quantize not in (None, "int8", *WEIGHT_ONLY_VARIANTS):
+        raise BadInput(f"--quantize {quantize!r}: one of int8, {', '.join(WEIGHT_ONLY_VARIANTS)}")
     if quantize and dtype != "fp32":
-        raise BadInput("--quantize int8 starts from the fp32 graph; do not combine it with --dtype fp16")
+        raise BadInput(f"--quantize {quantize} starts from the fp32 graph; do not combine it with --dtype fp16")
     if not 18 <= opset <= 23:
         raise BadInput(f"--opset {opset}: supported opsets are 18..23")
     variant = quantize or dtype
@@ -182,9 +183,14 @@ def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype:
         progress.stage(f"exporting backbone ({dtype}, opset {opset}, {model.cfg.n_layers} layers)")
         raw = work / name if not quantize else work / "fp32.onnx"
         export_backbone(model, raw, dtype, opset)
-        if quantize:
+        if quantize == "int8":
             progress.stage("quantizing MatMul weights to int8 (dynamic)")
             quantize_int8(raw, work / name)
+        elif quantize:
+            from .onnx_quant import quantize_weight_only
+
+            progress.stage(f"quantizing MatMul weights to {quantize} (weight-only blocks of 32, MatMulNBits)")
+            quantize_weight_only(raw, work / name, quantize)
         progress.stage("checking graph (onnx.checker)")
         try:
             onnx.checker.check_model(str(work / name))

@@ -33,6 +33,7 @@ from valle_export.errors import BadInput
 from .gguf_file import GgufModelFile
 from .host_weights import apply_head
 
+KV_GGML_TYPES = {"f32": 4, "f16": 2}  # KV cache type -> bytes per element
 GRAPH_NODES = 8192  # upper bound of graph nodes per pass (12 layers use ~600)
 NODES_PER_LAYER = 96  # tensor headers per layer in the meta context (~40 used), plus GLOBAL_NODES
 GLOBAL_NODES = 64
@@ -44,7 +45,7 @@ ROPE_PLAIN = dict(n_ctx_orig=0, freq_scale=1.0, ext_factor=0.0, attn_factor=1.0,
 class GgmlBackend(CachedPassBackend):
     name = "ggml"
 
-    def __init__(self, path: str | Path, threads: int = 0, n_ctx: int = DEFAULT_N_CTX):
+    def __init__(self, path: str | Path, threads: int = 0, n_ctx: int = DEFAULT_N_CTX, kv_type: str = "f32"):
         try:
             import ggml
         except ImportError:
@@ -58,7 +59,11 @@ class GgmlBackend(CachedPassBackend):
         self.eps, self.theta = hp.rms_eps, hp.rope_base
         self.rope_mode = ggml.GGML_ROPE_TYPE_NEOX if self.file.qk_layout == tt.QK_NEOX else 0
         self.threads = threads or (os.cpu_count() or 1)  # 0 = every core, as onnxruntime and llama.cpp do
-        self.verdicts = exactness.ggml_verdicts(self.file.weight_types)  # its KV cache is always f32
+        if kv_type not in KV_GGML_TYPES:
+            raise BadInput(f"kv_type {kv_type!r} is not one of {', '.join(KV_GGML_TYPES)}")
+        # f16 halves the bytes an AR step reads from the cache (at 800 positions as many as a q4 file's weights)
+        self.kv_type = kv_type
+        self.verdicts = exactness.ggml_verdicts(self.file.weight_types, kv_type)
         self.exact = exactness.all_exact(self.verdicts)
         self.approximation = exactness.approximation(self.verdicts)
         self.refused_kinds: set[str] = set()
@@ -126,13 +131,14 @@ class GgmlBackend(CachedPassBackend):
             return
         g = self._g
         per = 2 * self.n_layers
-        size = per * self.n_ctx * self.d * 4 + (per + 8) * g.ggml_tensor_overhead()
+        kv = g.GGML_TYPE_F16 if self.kv_type == "f16" else g.GGML_TYPE_F32
+        size = per * self.n_ctx * self.d * KV_GGML_TYPES[self.kv_type] + (per + 8) * g.ggml_tensor_overhead()
         self._cache_ctx = g.ggml_init(g.ggml_init_params(mem_size=size, mem_buffer=None, no_alloc=False))
         if not self._cache_ctx:
             raise MemoryError(f"cannot allocate a KV cache of {size >> 20} MiB")
-        self._kc = [g.ggml_new_tensor_3d(self._cache_ctx, g.GGML_TYPE_F32, self.head_dim, self.n_heads, self.n_ctx)
+        self._kc = [g.ggml_new_tensor_3d(self._cache_ctx, kv, self.head_dim, self.n_heads, self.n_ctx)
                     for _ in range(self.n_layers)]
-        self._vc = [g.ggml_new_tensor_2d(self._cache_ctx, g.GGML_TYPE_F32, self.n_ctx, self.d)
+        self._vc = [g.ggml_new_tensor_2d(self._cache_ctx, kv, self.n_ctx, self.d)
                     for _ in range(self.n_layers)]
 
     def _meta_context(self):

@@ -19,6 +19,9 @@ from valle_export.layout import Layout
 from .batch_cache import BatchCache, batch_mask
 from .host_weights import HostWeights
 
+VARIANT_NOTES = {"fp16": "fp16 weights and compute", "int8": "dynamic int8 MatMuls, one activation scale per call",
+                 "q8_0": "8-bit weight blocks, int8 activations per row", "q4_0": "4-bit weight blocks, int8 "
+                 "activations per row"}
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
 
@@ -83,6 +86,9 @@ class OnnxBackend(CachedPassBackend):
         self._check_interface()
         self._check_origin()
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        if config.variant != "fp32":  # the summary and check-fixture say so instead of claiming exactness
+            self.exact = False
+            self.approximation = f"ONNX {config.variant} backbone ({VARIANT_NOTES.get(config.variant, '')})"
         self._past: list | None = None
         self._cached = 0
 

@@ -74,6 +74,16 @@ def cfg_logits(cond: np.ndarray, null: np.ndarray, strength: float, rescale: flo
     return g.astype(np.float32)
 
 
+def pair_logits(backend: Backend, a: seq.PassSpec, b: seq.PassSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Full-pass logits of a conditional and a guidance-free pass: one call on a backend with a batch axis
+    (`batch_logits`: the two share every weight read, which dominates at these lengths), else two calls."""
+    batch = getattr(backend, "batch_logits", None)
+    if batch is not None:
+        got = batch([a, b])
+        return got[0], got[1]
+    return backend.logits(a), backend.logits(b)
+
+
 class _ArStream:
     """One causal AR sequence on a backend: cached (prefill / extend) or recomputed every step. Two streams
     (conditional and null, for guidance) share a backend's single cache through `cache_state` /
@@ -161,10 +171,13 @@ def generate_nar(backend: Backend, cond: Conditioning, codes0: np.ndarray, sampl
     if len(resp) == 0:
         return np.zeros((0, layout.audio_levels), dtype=np.int64)
     for level in range(1, layout.audio_levels):
-        logits = backend.logits(seq.nar_pass(layout, cond.phn, cond.lang, cond.prompt, resp, level, cond.task))
+        spec = seq.nar_pass(layout, cond.phn, cond.lang, cond.prompt, resp, level, cond.task)
         if guidance.on:
-            null = backend.logits(seq.nar_pass(layout, seq.null_phonemes(layout), cond.lang, None, resp, level))
+            logits, null = pair_logits(backend, spec, seq.nar_pass(layout, seq.null_phonemes(layout), cond.lang,
+                                                                   None, resp, level))
             logits = cfg_logits(logits, null, guidance.strength, guidance.rescale)
+        else:
+            logits = backend.logits(spec)
         nxt = sample(logits, sampler, rng, previous=resp[:, -1])
         resp = np.concatenate([resp, nxt[:, None]], axis=1)
     return resp
@@ -244,9 +257,9 @@ def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: 
         tokens[np.argsort(scores, kind="stable")[:n]] = mask
         step_inputs.append(tokens.copy())
         fed = np.concatenate([prefix, tokens])
-        c = backend.logits(seq.nar_len_pass(layout, cond.level0_phn, cond.lang, cond.prompt, fed,
-                                            cond.task))[-length:]
-        u = backend.logits(seq.nar_len_pass(layout, null_phn, cond.lang, None, fed))[-length:]
+        c, u = pair_logits(backend, seq.nar_len_pass(layout, cond.level0_phn, cond.lang, cond.prompt, fed, cond.task),
+                           seq.nar_len_pass(layout, null_phn, cond.lang, None, fed))
+        c, u = c[-length:], u[-length:]
         g = cfg_logits(c, u, strength, settings.cfg_rescale)
         unfiltered = process(g, dataclasses.replace(s, temperature=0.0), previous)
         best = np.argmax(unfiltered, axis=-1)

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from valle_export.backend_options import DEFAULT_N_CTX, BackendOptions
+from valle_export.backend_options import DEFAULT_N_CTX, ONNX_VARIANTS, BackendOptions
 from valle_export import graphs, names
 from valle_export.errors import BadInput
 from valle_export.progress import Progress
 
-from .open import detect_kind, open_backend as open_any_backend
+from .open import HYBRID, detect_kind, open_backend as open_any_backend
 from .codec import OnnxCodec
 from .pipeline import (Conditioning, Context, DemaskSettings, Guidance, generate_ar, generate_len, generate_nar,
                        demask_nar_len)
 from .samplers import GREEDY, SamplerSettings
 
 MODALITIES = ("auto", "ar+nar", "nar-len")
-VARIANTS = ("auto", "fp32", "fp16", "int8")
+VARIANTS = ("auto", *ONNX_VARIANTS)
 DEMO_WARNING = "warning: {what} has random (demo) weights: the audio is noise, not speech"
 
 
@@ -96,7 +96,8 @@ def resolve_modality(modality: str, capabilities: tuple[str, ...], model_name: s
 
 
 def pick_variant(model: Path, variant: str) -> str:
-    """An ONNX folder's backbone variant: `auto` takes fp32, else fp16, else int8, whichever was exported."""
+    """An ONNX folder's backbone variant: `auto` takes the first exported of fp32, fp16, int8, q8_0,
+    q4_0 (the most exact first)."""
     if variant not in VARIANTS:
         raise BadInput(f"--variant must be one of {', '.join(VARIANTS)}")
     if variant != "auto":
@@ -114,9 +115,10 @@ def open_backend(model: Path, kind: str = "auto", threads: int = 0, kv_type: str
     GGUF applied by llama.cpp at run time."""
     model = Path(model)
     kind = detect_kind(model) if kind == "auto" else kind
-    if variant != "auto" and kind != "onnx":
+    onnx_part = kind in ("onnx", HYBRID)
+    if variant != "auto" and not onnx_part:
         raise BadInput(f"--variant selects an ONNX graph; {kind} reads its weight type from the file", model)
-    chosen = pick_variant(model, variant) if kind == "onnx" else "fp32"
+    chosen = pick_variant(model, variant) if onnx_part else "fp32"
     return open_any_backend(model, kind, BackendOptions(threads=threads, n_ctx=n_ctx, kv_type=kv_type,
                                                         variant=chosen, lora=None if lora is None else str(lora)))
 

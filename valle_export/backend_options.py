@@ -9,9 +9,12 @@ import dataclasses
 RUNTIME_BACKENDS = ("onnx", "llamacpp", "ggml")  # torch-free; `torch` (the reference) is added by the CLI
 KV_TYPES = ("f32", "f16")
 ONNX_PROVIDERS = ("auto", "cpu", "cuda")
-ONNX_VARIANTS = ("fp32", "fp16", "int8")
+# q8_0 / q4_0: weight-only blocks of 32 (MatMulNBits), batch-invariant; int8: dynamic (activations per call)
+ONNX_VARIANTS = ("fp32", "fp16", "int8", "q8_0", "q4_0")
+WEIGHT_ONLY_VARIANTS = ("q8_0", "q4_0")
 # the one precision vocabulary (as gguf --outtype): ONNX export word -> (graph dtype, quantization)
-ONNX_OUTTYPES = {"f32": ("fp32", None), "f16": ("fp16", None), "int8": ("fp32", "int8")}
+ONNX_OUTTYPES = {"f32": ("fp32", None), "f16": ("fp16", None), "int8": ("fp32", "int8"), "q8_0": ("fp32", "q8_0"),
+                 "q4_0": ("fp32", "q4_0")}
 DEFAULT_N_CTX = 4096  # positions one pass may hold: 12 s of audio with a long prompt and text fits in 2k
 
 

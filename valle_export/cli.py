@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__, names, options as opt
-from .backend_options import DEFAULT_N_CTX, KV_TYPES, ONNX_OUTTYPES, RUNTIME_BACKENDS, BackendOptions
+from .backend_options import DEFAULT_N_CTX, KV_TYPES, ONNX_OUTTYPES, ONNX_VARIANTS, RUNTIME_BACKENDS, BackendOptions
 from .errors import PENDING_SIGNALS, Interrupted, ValleExportError
 from .extras import missing_extra
 from .paths import FolderKind, check_output
@@ -211,8 +211,9 @@ def demo_checkpoint_cmd(out: Path | None, output: Path | None, size: str, seed: 
 @output_option
 @click.option("--opset", type=opt.OPSET, default=23, show_default=True)
 @click.option("--outtype", type=click.Choice(list(ONNX_OUTTYPES)), default=None,
-              help="f32 (default), f16 (weights and compute; inputs and outputs stay float32), or int8 (dynamic "
-                   "int8 MatMul weights, from the f32 graph). The same words as gguf --outtype.")
+              help="f32 (default), f16 (weights and compute; inputs and outputs stay float32), int8 (dynamic "
+                   "int8 MatMul weights, from the f32 graph), or q8_0 / q4_0 (weight-only blocks of 32, MatMulNBits: "
+                   "batch-invariant, the fastest AR and NAR). The same words as gguf --outtype.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default=None, hidden=True)  # older spelling
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, hidden=True)  # older spelling
 @lora_option
@@ -317,8 +318,9 @@ def gguf_lora_cmd(lora: Path, base: Path, out: Path, quiet: bool) -> None:
 @click.option("--backend", type=click.Choice(["auto", *RUNTIME_BACKENDS, "torch"]), default="auto",
               show_default=True,
               help="auto: onnx for a folder, llamacpp for a .gguf (ggml: the exact graph on the same file).")
-@click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
-              help="ONNX backbone variant; auto: fp32, else fp16, else int8, whichever was exported.")
+@click.option("--variant", type=click.Choice(["auto", *ONNX_VARIANTS]), default="auto", show_default=True,
+              help="ONNX backbone variant (also the NAR half of a GGUF+ONNX folder); auto: the first exported of "
+                   "fp32, fp16, int8, q8_0, q4_0.")
 @click.option("--modality", type=click.Choice(["auto", "ar+nar", "nar-len"]), default="auto", show_default=True,
               help="auto: NAR-len for a model with the len capability, else AR+NAR (as the original).")
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
@@ -433,7 +435,7 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
 @click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml"]), default="auto",
               show_default=True,
               help="onnx batches concurrent requests; llamacpp and ggml run one sentence at a time.")
-@click.option("--variant", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True)
+@click.option("--variant", type=click.Choice(["auto", *ONNX_VARIANTS]), default="auto", show_default=True)
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with the EnCodec graphs (default: beside MODEL).")
 @click.option("--decoder", type=click.Choice(["vocos", "encodec"]), default=None)

@@ -1,0 +1,434 @@
+"""End to end: a 10 s utterance per backend and weight format at the released shape, stage by stage, in one run.
+
+    python benchmarks/bench_e2e.py [--work DIR] [--threads 2] [--rows onnx-fp32,hybrid-q4_k_m+q8_0,...]
+                                   [--nar-len-rows onnx-fp32,...] [--seconds 10]
+
+The model is the seeded full-size demo checkpoint (`valle-export demo-checkpoint --size full`, made in --work
+with every export a row needs). Input: 62 phonemes, language 0, no prompt. Each row runs in its own process
+(its peak RSS is its own) and times
+- AR+NAR: greedy AR forced to `--seconds` of frames (the stop token is excluded), then the 7 greedy NAR levels;
+- NAR-len (rows in --nar-len-rows): 25 greedy demasking steps (CFG 2.5: a conditional and a guidance-free pass
+  per step, one batched call where the backend has a batch axis) for the same frames, then the NAR levels;
+- decoding the codes with Vocos and with EnCodec (ONNX graphs);
+and RTF = (AR + NAR + Vocos decode) / audio seconds. Codes and Vocos audio are compared with the exact
+`onnx-fp32` row: level-0 / all-level token agreement and the waveform's relative error.
+
+Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache): `onnx-<variant>` (fp32, fp16, int8, q8_0,
+q4_0), `ggml-<gguf type>`, `llamacpp-<gguf type>`,
+`hybrid-<gguf type>+<onnx variant>` (a model folder holding both; AR on ggml, NAR on onnxruntime, opened by
+`--backend auto` exactly as `synthesize` does), and `torch-recompute`: the original's loop (torch reference,
+every AR step recomputes the whole sequence, `use_cache=False`), timed at 3 lengths and EXTRAPOLATED to the
+full length (a per-step time linear in the sequence length); its NAR levels are measured.
+
+Floors, per row: an AR step must read every backbone weight and the KV cache (at the mean context), so
+`bytes / read bandwidth` (all threads, measured in this run) bounds it from below; a NAR pass must do
+2 x weights x positions + attention FLOPs, so `flops / GEMM peak` (numpy float32, all threads, this run)
+bounds it. The table gives measured / floor.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench import gguf_path, prepare as prepare_base  # noqa: E402
+
+AUDIO_TOKENS = 1024  # AR head rows past these are the stop token: excluded to force the length
+PHONEMES = 62
+DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-int8", "onnx-q8_0", "onnx-q4_0", "ggml-q8_0", "ggml-q4_k_m",
+                "ggml-q4_k_m@f16kv", "hybrid-q4_k_m+q8_0", "hybrid-q4_k_m+q8_0@f16kv"]
+DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-q8_0"]
+RECOMPUTE_PROBES = 3  # torch-recompute: passes timed at the start, middle and end lengths
+EXACT_ROW = "onnx-fp32"  # the rows' accuracy is measured against this one (it runs first)
+CAVEAT = ("Caveat: these numbers hold for an idle machine. Other processes on these cores (see the load average "
+          "printed before and after each row) slow every row; rerun when the 1-minute load is below 1.")
+
+
+# --- inputs ------------------------------------------------------------------------------------------------
+def conditioning(seed: int = 0):
+    from runtimes.pipeline import Conditioning
+
+    rng = np.random.default_rng(seed)
+    phn = np.concatenate([[1], rng.integers(3, 256, PHONEMES - 2), [2]]).astype(np.int64)
+    return Conditioning(phn, 0, None)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "n/a"
+
+
+# --- backends ----------------------------------------------------------------------------------------------
+def hybrid_folder(work: Path, row: str) -> Path:
+    """A model folder as a user would make it: the ONNX export's files and one GGUF (symbolic links here)."""
+    gguf_type, variant = row.split("@")[0].split("-", 1)[1].split("+")
+    folder = work / f"hybrid.{gguf_type}.{variant}"
+    folder.mkdir(exist_ok=True)
+    from valle_export import graphs
+
+    onnx_files = [graphs.backbone_file(variant), graphs.WEIGHTS_FILE, "valle_layout.json",
+                  "valle_source_config.json"]
+    if variant == "fp32":
+        onnx_files.append("backbone.onnx.data")
+    for name in onnx_files:
+        link = folder / name
+        if not link.exists():
+            link.symlink_to(work / "onnx" / name)
+    link = folder / f"ar.{gguf_type}.gguf"
+    if not link.exists():
+        link.symlink_to(work / f"model.{gguf_type}.gguf")
+    return folder
+
+
+def open_row(row: str, work: Path, threads: int):
+    from runtimes.synthesize import open_backend
+
+    row, _, suffix = row.partition("@")
+    kv_type = "f16" if suffix == "f16kv" else "f32"
+    kind, _, spec = row.partition("-")
+    if kind == "torch":
+        import torch
+
+        from reference_model.backend import TorchBackend
+        from reference_model.load import load_reference
+
+        torch.set_num_threads(threads)
+        return TorchBackend(load_reference(work / "ckpt"))
+    if kind == "onnx":
+        return open_backend(work / "onnx", "onnx", threads, variant=spec)
+    if kind == "hybrid":
+        return open_backend(hybrid_folder(work, row), "auto", threads, kv_type, n_ctx=2048,
+                            variant=spec.split("+")[1])
+    return open_backend(work / f"model.{spec}.gguf", kind, threads, kv_type, n_ctx=2048)
+
+
+# --- stages ------------------------------------------------------------------------------------------------
+def forced_ar(backend, cond, frames: int) -> tuple[np.ndarray, list[float]]:
+    """Greedy level-0 codes with the stop token excluded (exactly `frames`), and each step's seconds."""
+    from valle_export import names, sequence as seq
+
+    spec = seq.ar_pass(backend.layout, cond.phn, cond.lang, cond.prompt, [])
+    t = time.perf_counter()
+    logits = backend.prefill(spec)
+    times, codes = [time.perf_counter() - t], []
+    for _ in range(frames - 1):
+        codes.append(int(np.argmax(logits[:AUDIO_TOKENS])))
+        t = time.perf_counter()
+        spec = seq.extend(backend.layout, spec, names.HEAD_AR, [codes[-1]])
+        logits = backend.extend(spec)
+        times.append(time.perf_counter() - t)
+    codes.append(int(np.argmax(logits[:AUDIO_TOKENS])))
+    return np.array(codes, dtype=np.int64), times
+
+
+def recompute_ar(backend, cond, frames: int) -> dict:
+    """The original's loop (a full causal pass per step), timed at the start, middle and end lengths and
+    summed over every step by linear interpolation: an extrapolation, labelled so in the table."""
+    from valle_export import sequence as seq
+
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, AUDIO_TOKENS, frames)
+    probes = np.linspace(0, frames - 1, RECOMPUTE_PROBES).astype(int)
+    lengths, secs = [], []
+    for k in probes:
+        spec = seq.ar_pass(backend.layout, cond.phn, cond.lang, cond.prompt, codes[:k])
+        secs.append(min(_timed(lambda: backend.logits(spec)) for _ in range(2)))
+        lengths.append(spec.length)
+    fit = np.polyfit(lengths, secs, 1)
+    first = lengths[0]
+    total = float(np.polyval(fit, np.arange(first, first + frames)).sum())
+    return {"ar_s": total, "ar_extrapolated": True, "probe_lengths": lengths, "probe_s": secs,
+            "step_first_ms": 1000 * secs[0], "step_last_ms": 1000 * secs[-1]}
+
+
+def nar_levels(backend, cond, codes0: np.ndarray) -> tuple[np.ndarray, float, int]:
+    from runtimes.pipeline import generate_nar
+
+    t = time.perf_counter()
+    codes = generate_nar(backend, cond, codes0)
+    return codes, time.perf_counter() - t, backend.layout.audio_levels - 1
+
+
+def nar_len(backend, cond, frames: int) -> tuple[np.ndarray, dict]:
+    from runtimes.pipeline import DemaskSettings, demask_nar_len
+
+    settings = DemaskSettings()
+    t = time.perf_counter()
+    codes0, _ = demask_nar_len(backend, cond, frames, settings)
+    demask_s = time.perf_counter() - t
+    codes, nar_s, _ = nar_levels(backend, cond, codes0)
+    return codes, {"demask_s": demask_s, "demask_steps": settings.steps, "nar_s": nar_s}
+
+
+def decode_all(work: Path, codes: np.ndarray, threads: int) -> tuple[dict, np.ndarray | None]:
+    """Seconds to decode with each exported decoder (after a warm-up), and the Vocos (else EnCodec) audio."""
+    from runtimes.codec import OnnxDecoder
+    from valle_export import graphs
+
+    out, audio = {}, None
+    for name in ("vocos", "encodec"):
+        path = work / "codec" / graphs.DECODER_FILES[name]
+        if not path.is_file():
+            continue
+        dec = OnnxDecoder(path, provider="cpu", threads=threads)
+        dec.decode(codes[:75].T)
+        t = time.perf_counter()
+        wave = dec.decode(codes.T)
+        out[f"{name}_s"] = time.perf_counter() - t
+        audio = wave if audio is None else audio
+        del dec
+    return out, audio
+
+
+def measure(row: str, work: Path, threads: int, seconds: float, modalities: list[str]) -> dict:
+    backend = open_row(row, work, threads)
+    layout = backend.layout
+    frames = int(seconds * layout.frame_rate)
+    cond = conditioning()
+    result = {"row": row, "frames": frames, "load_before": _load(), "exact": bool(getattr(backend, "exact", True)),
+              "approximation": getattr(backend, "approximation", ""), "backend": backend.name}
+    warm = conditioning(5)
+    from valle_export import sequence as seq
+
+    backend.logits(seq.ar_pass(layout, warm.phn, 0, None, [1, 2, 3]))  # warm-up: first-call allocations
+    if "ar+nar" in modalities:
+        if row == "torch-recompute":
+            result.update(recompute_ar(backend, cond, frames))
+            codes0 = np.random.default_rng(1).integers(0, AUDIO_TOKENS, frames)
+        else:
+            codes0, steps = forced_ar(backend, cond, frames)
+            ms = 1000 * np.asarray(steps[1:])
+            k = max(1, len(ms) // 20)
+            result.update({"ar_s": float(sum(steps)), "prefill_ms": 1000 * steps[0], "step_ms": float(ms.mean()),
+                           "step_first_ms": float(ms[:k].mean()), "step_last_ms": float(ms[-k:].mean()),
+                           "ar_extrapolated": False, "context_first": int(len(cond.phn) + 3),
+                           "context_last": int(len(cond.phn) + 2 + frames)})
+        codes, nar_s, passes = nar_levels(backend, cond, codes0)
+        result.update({"nar_s": nar_s, "nar_pass_ms": 1000 * nar_s / passes, "nar_positions": int(
+            len(seq.nar_pass(layout, cond.phn, cond.lang, None, codes[:, :1], 1).rows))})
+        dec, audio = decode_all(work, codes, threads)
+        result.update(dec)
+        np.savez(work / f"e2e.{row}.npz", codes=codes, audio=audio if audio is not None else np.zeros(0))
+    ref = work / f"e2e.{EXACT_ROW}.npz"
+    if "ar+nar" in modalities and row not in (EXACT_ROW, "torch-recompute") and ref.exists():
+        from benchmarks.accuracy import teacher_forced
+
+        result["teacher_forced"] = teacher_forced(backend, cond, np.load(ref)["codes"])
+    if "nar-len" in modalities:
+        codes, info = nar_len(backend, cond, frames)
+        result["nar_len"] = info
+        np.savez(work / f"e2e.{row}.nar-len.npz", codes=codes)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    result["load_after"] = _load()
+    return result
+
+
+# --- floors ------------------------------------------------------------------------------------------------
+def read_bandwidth(threads: int) -> float:
+    """Bytes/s of `threads` numpy sums over disjoint 256 MiB arrays at once (numpy releases the GIL), best of 3."""
+    arrays = [np.ones(64 << 20, dtype=np.float32) for _ in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        def once() -> float:
+            t = time.perf_counter()
+            list(pool.map(np.sum, arrays))
+            return time.perf_counter() - t
+
+        best = min(once() for _ in range(3))
+    return sum(a.nbytes for a in arrays) / best
+
+
+def gemm_peak(threads: int) -> float:
+    """float32 FLOP/s of numpy's GEMM (OpenBLAS, `threads` threads) at a NAR pass's shape, best of 3."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    code = ("import numpy as np,time\na=np.ones((800,1024),np.float32);b=np.ones((1024,4096),np.float32)\n"
+            "a@b\nbest=min((lambda t:(a@b,time.perf_counter()-t)[1])(time.perf_counter()) for _ in range(5))\n"
+            "print(2*800*1024*4096/best)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return float(out.stdout.strip())
+
+
+def weight_bytes(work: Path, row: str) -> int:
+    """Backbone weight bytes one AR step reads: the AR half's GGUF blocks, or the ONNX backbone's file(s)."""
+    from benchmarks.bench import backbone_bytes
+    from valle_export import graphs
+
+    kind, _, spec = row.split("@")[0].partition("-")
+    if kind in ("ggml", "llamacpp"):
+        return backbone_bytes(gguf_path(work, row))
+    if kind == "hybrid":
+        return backbone_bytes(work / f"model.{spec.split('+')[0]}.gguf")
+    variant = "fp32" if kind == "torch" else spec
+    base = work / "onnx" / graphs.backbone_file(variant)
+    return sum(p.stat().st_size for p in (base, Path(str(base) + ".data")) if p.exists())
+
+
+def nar_weight_params(work: Path) -> int:
+    """Backbone parameters (each one multiply-add per position in a NAR pass): from the f32 GGUF or fp32 ONNX."""
+    base = work / "onnx" / "backbone.onnx"
+    return sum(p.stat().st_size for p in (base, Path(str(base) + ".data")) if p.exists()) // 4
+
+
+def add_floors(r: dict, work: Path, bandwidth: float, peak: float, d: int = 1024, layers: int = 12) -> None:
+    if "step_ms" in r:
+        kv_type_bytes = 2 if r["row"].endswith("@f16kv") else 4
+        mean_ctx = (r["context_first"] + r["context_last"]) / 2
+        kv = 2 * layers * mean_ctx * d * kv_type_bytes
+        r["ar_floor_ms"] = 1000 * (weight_bytes(work, r["row"]) + kv) / bandwidth
+    if "nar_pass_ms" in r:
+        n = r["nar_positions"]
+        flops = 2 * nar_weight_params(work) * n + 4 * layers * n * n * d
+        r["nar_floor_ms"] = 1000 * flops / peak
+
+
+# --- accuracy against the exact row --------------------------------------------------------------------------
+def add_accuracy(results: list[dict], work: Path, exact: str = "onnx-fp32") -> None:
+    from benchmarks.accuracy import free_running
+    from valle_export import contracts
+
+    ref_path = work / f"e2e.{exact}.npz"
+    if not ref_path.exists():
+        return
+    ref = np.load(ref_path)
+    for r in results:
+        path = work / f"e2e.{r['row']}.npz"
+        if r["row"] == "torch-recompute" or not path.exists():
+            continue
+        got = np.load(path)
+        r["free_running"] = free_running(got["codes"], ref["codes"])
+        if got["audio"].size and got["audio"].shape == ref["audio"].shape:
+            r["wave_rel"] = contracts.rel_error(got["audio"], ref["audio"])
+
+
+# --- report ------------------------------------------------------------------------------------------------
+def _f(x, fmt: str = "{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def print_tables(results: list[dict], args, bandwidth: float, peak: float, loads: tuple[str, str]) -> None:
+    seconds = args.seconds
+    print(f"\n{args.threads} threads, {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"read bandwidth {bandwidth / 1e9:.1f} GB/s, GEMM peak {peak / 1e9:.0f} GFLOP/s (numpy, {args.threads} "
+          f"threads); load average before {loads[0]}, after {loads[1]}")
+    print(CAVEAT)
+    print(f"\nAR+NAR, greedy, {seconds:g} s forced ({int(seconds * 75)} frames, stop token excluded), {PHONEMES} "
+          "phonemes, no prompt; RTF = (AR + NAR + Vocos decode) / audio seconds")
+    print("| row | AR (s) | AR step first/mean/last (ms) | AR step / floor | NAR 7 passes (s) | NAR pass / floor "
+          "| Vocos (s) | EnCodec (s) | total (s) | RTF | peak RSS (MB) | teacher-forced AR / NAR agreement "
+          "| free-running level-0 / all agreement | wave rel err | load (1 min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        if "ar_s" not in r:
+            continue
+        dec = r.get("vocos_s", r.get("encodec_s", 0.0))
+        total = r["ar_s"] + r["nar_s"] + dec
+        name = r["row"] + (" (AR extrapolated from 3 passes)" if r.get("ar_extrapolated") else "")
+        step = (f"{r['step_first_ms']:.1f} / {r['step_ms']:.1f} / {r['step_last_ms']:.1f}" if "step_ms" in r else
+                f"{r['step_first_ms']:.0f} / - / {r['step_last_ms']:.0f}")
+        ar_ratio = f"{r['step_ms'] / r['ar_floor_ms']:.2f}x ({r['ar_floor_ms']:.1f})" if "ar_floor_ms" in r else "-"
+        nar_ratio = f"{r['nar_pass_ms'] / r['nar_floor_ms']:.2f}x" if "nar_floor_ms" in r else "-"
+        fr, tf = r.get("free_running"), r.get("teacher_forced")
+        free = f"{fr['level0']:.1%} / {fr['all']:.1%}" if fr else "-"
+        forced = f"{tf['ar']:.1%} / {tf['nar']:.1%}" if tf else "-"
+        print(f"| {name} | {r['ar_s']:.2f} | {step} | {ar_ratio} | {r['nar_s']:.2f} | {nar_ratio} "
+              f"| {_f(r.get('vocos_s'))} | {_f(r.get('encodec_s'))} | {total:.2f} | {total / seconds:.2f} "
+              f"| {r['peak_rss_mb']:.0f} | {forced} | {free} | {_f(r.get('wave_rel'), '{:.1e}')} "
+              f"| {r['load_before'].split()[0]} |")
+    lens = [r for r in results if "nar_len" in r]
+    if lens:
+        print(f"\nNAR-len, {seconds:g} s ({int(seconds * 75)} frames), 25 greedy demasking steps (CFG 2.5: "
+              "conditional + guidance-free pass per step), then the NAR levels; RTF = (demask + NAR + Vocos) / audio")
+        print("| row | demask (s) | per step (ms) | NAR (s) | Vocos (s) | total (s) | RTF |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in lens:
+            x = r["nar_len"]
+            total = x["demask_s"] + x["nar_s"] + r.get("vocos_s", 0.0)
+            print(f"| {r['row']} | {x['demask_s']:.2f} | {1000 * x['demask_s'] / x['demask_steps']:.0f} "
+                  f"| {x['nar_s']:.2f} | {_f(r.get('vocos_s'))} | {total:.2f} | {total / seconds:.2f} |")
+
+
+# --- driver ------------------------------------------------------------------------------------------------
+def prepare(work: Path, rows: list[str]) -> None:
+    """Everything the rows need, made once in --work (shared with bench.py's files)."""
+    base = ["onnx-fp32", "encodec-onnx", "vocos-onnx"]
+    for row in rows:
+        kind, _, spec = row.split("@")[0].partition("-")
+        if kind in ("ggml", "llamacpp"):
+            base.append(row)
+        elif kind == "hybrid":
+            base.append("ggml-" + spec.split("+")[0])
+        elif kind == "onnx" and spec == "int8":
+            base.append("onnx-int8")
+    prepare_base(work, base)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    from valle_export import graphs
+
+    for row in rows:
+        kind, _, spec = row.split("@")[0].partition("-")
+        variant = spec.split("+")[1] if kind == "hybrid" else spec if kind == "onnx" else None
+        if variant in ("fp16", "q8_0", "q4_0") and not (work / "onnx" / graphs.backbone_file(variant)).exists():
+            subprocess.run([sys.executable, "-m", "valle_export.cli", "onnx", str(work / "ckpt"), "-o",
+                            str(work / "onnx"), "--outtype", variant.replace("fp16", "f16"), "-q"], check=True,
+                           env=env)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=REPO / "demo" / "bench")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS))
+    ap.add_argument("--nar-len-rows", default=",".join(DEFAULT_NAR_LEN_ROWS))
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--modalities", default="ar+nar", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.work, args.threads, args.seconds, args.modalities.split(","))))
+        return
+    rows, len_rows = args.rows.split(","), [r for r in args.nar_len_rows.split(",") if r]
+    prepare(args.work, rows + len_rows)
+    start_load = _load()
+    print(f"load average at start: {start_load} ({os.cpu_count()} cores)", file=sys.stderr)
+    bandwidth, peak = read_bandwidth(args.threads), gemm_peak(args.threads)
+    results = []
+    for row in sorted(dict.fromkeys(rows + len_rows), key=lambda r: r != EXACT_ROW):  # exact row first
+        modalities = [m for m, on in (("ar+nar", row in rows), ("nar-len", row in len_rows)) if on]
+        out = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--threads", str(args.threads),
+                              "--seconds", str(args.seconds), "--modalities", ",".join(modalities), "--child", row],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        if out.returncode != 0:
+            print(f"{row}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        add_floors(r, args.work, bandwidth, peak)
+        results.append(r)
+        print(f"  measured {row} (load {r['load_before']} -> {r['load_after']})", file=sys.stderr)
+    add_accuracy(results, args.work)
+    print_tables(results, args, bandwidth, peak, (start_load, _load()))
+    if args.json:
+        args.json.write_text(json.dumps({"bandwidth": bandwidth, "gemm_peak": peak, "rows": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

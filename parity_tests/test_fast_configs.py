@@ -1,0 +1,173 @@
+"""Issue 22's fast configurations, for correctness (their speed is measured by benchmarks/bench_e2e.py only):
+- the weight-only ONNX variants q8_0 / q4_0 (MatMulNBits): exported and verified, labelled approximate, greedy
+  tokens close to fp32's (teacher-forced agreement, contracts.TEACHER_FORCED_AGREEMENT) and batch-invariant;
+- a hybrid model folder (ONNX export + ar.<type>.gguf): `--backend auto` runs AR on ggml and NAR on
+  onnxruntime, identical to ONNX alone with exact files;
+- guided full passes (NAR-len's conditional and guidance-free pass, guided NAR levels) in one batched call,
+  giving the same tokens as two calls."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from benchmarks.accuracy import teacher_forced
+from benchmarks.bench_e2e import forced_ar
+from runtimes.onnx_backend import OnnxBackend, SessionConfig
+from runtimes.open import detect_kind, open_backend
+from runtimes.pipeline import DemaskSettings, Guidance, demask_nar_len, generate_nar
+from valle_export import contracts, sequence as seq, wav
+from valle_export.backend_options import BackendOptions
+from valle_export.cli import main
+from valle_export.errors import BadInput
+
+from .conftest import DEMO_VARIANTS, random_conditioning
+
+PHONEMES = "həlˈoʊ wˈɜːld, ðɪs ɪz ɐ tˈɛst."
+
+
+def _cli(*args) -> str:
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+# --- weight-only ONNX variants --------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["q8_0", "q4_0"])
+def test_weight_only_variant_tokens_and_batches(onnx_export, variant):
+    onnx_export(DEMO_VARIANTS[0])  # fp32 into the same folder, first
+    folder = onnx_export(DEMO_VARIANTS[0], quantize=variant)  # the export verified it (contracts.ONNX_HIDDEN_REL)
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(folder / f"backbone.{variant}.onnx")).graph.node]
+    fast = OnnxBackend(folder, SessionConfig(provider="cpu", variant=variant))
+    exact = OnnxBackend(folder, SessionConfig(provider="cpu"))
+    assert ops.count("MatMulNBits") == 7 * fast.n_layers and "MatMul" not in ops, sorted(set(ops))
+    assert not fast.exact and variant in fast.approximation
+    worst = {"ar": 1.0, "nar": 1.0}
+    for seed in range(3):
+        cond = random_conditioning(seed, phonemes=30, prompt_frames=40)
+        codes = generate_nar(exact, cond, forced_ar(exact, cond, 75)[0])
+        got = teacher_forced(fast, cond, codes)
+        worst = {k: min(worst[k], got[k]) for k in worst}
+    bound = contracts.TEACHER_FORCED_AGREEMENT[variant]
+    assert worst["ar"] >= bound and worst["nar"] >= bound, f"{variant}: teacher-forced agreement {worst} < {bound}"
+    layout, cond = fast.layout, random_conditioning(7)
+    resp = np.random.default_rng(7).integers(0, 1024, (30, 8))
+    specs = [seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, resp[:, 0]),
+             seq.nar_pass(layout, cond.phn, cond.lang, None, resp[:12, :3], 3),
+             seq.nar_len_pass(layout, seq.null_phonemes(layout), cond.lang, None, resp[:20, 0])]
+    for spec, batched in zip(specs, fast.batch_logits(specs)):
+        err = contracts.rel_error(batched, fast.logits(spec))
+        assert contracts.within(err, contracts.BATCH_INVARIANT_REL), f"{variant} {spec.head}: batch vs alone {err:.2e}"
+
+
+# --- hybrid folder --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hybrid(tmp_path_factory, demo_checkpoint):
+    """A SiLU segmented demo (exact on ggml and ONNX): fp32 + q8_0 ONNX, EnCodec, and ar.f32.gguf in one folder."""
+    ckpt = demo_checkpoint(*DEMO_VARIANTS[2])
+    model = tmp_path_factory.mktemp("hybrid") / "model"
+    _cli("onnx", ckpt, "-o", model, "-q")
+    _cli("onnx", ckpt, "-o", model, "--outtype", "q8_0", "-q")
+    _cli("encodec", model, "-q")
+    _cli("gguf", ckpt, "-o", model / "ar.f32.gguf", "--outtype", "f32", "-q")
+    return model
+
+
+def _synth(model: Path, out: Path, *extra) -> dict:
+    text = _cli("synthesize", model, "--out", out, "--json", "-q", "--phonemes", PHONEMES, "--ar-temperature", "0",
+                "--max-duration", "2", "--demask-steps", "6", *extra)
+    return json.loads(text.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("modality", ["ar+nar", "nar-len"])
+def test_hybrid_folder_equals_onnx_alone(hybrid, tmp_path, modality):
+    assert detect_kind(hybrid) == "hybrid"
+    both = _synth(hybrid, tmp_path / "hybrid.wav", "--modality", modality)
+    alone = _synth(hybrid, tmp_path / "onnx.wav", "--modality", modality, "--backend", "onnx")
+    assert both["backend"] == "ggml+onnx" and both["exact"], both
+    assert alone["backend"] == "onnx" and both["frames"] == alone["frames"] > 0, (both, alone)
+    a, b = (wav.read_wav(tmp_path / f"{k}.wav")[0][:, 0] for k in ("hybrid", "onnx"))
+    err = float(np.abs(a - b).max())
+    assert err == 0.0, f"hybrid vs onnx: waveform max abs {err:.3e} (codes differ?)"
+
+
+def test_hybrid_variant_is_labelled(hybrid, tmp_path):
+    summary = _synth(hybrid, tmp_path / "q8.wav", "--variant", "q8_0")
+    assert summary["backend"] == "ggml+onnx" and not summary["exact"] and "q8_0" in summary["approximation"], summary
+
+
+def test_hybrid_folder_refusals(hybrid, tmp_path, gguf_export):
+    import shutil
+
+    folder = tmp_path / "two"
+    shutil.copytree(hybrid, folder)
+    shutil.copyfile(folder / "ar.f32.gguf", folder / "ar.second.gguf")
+    with pytest.raises(BadInput, match="exactly one ar"):
+        open_backend(folder, "auto", BackendOptions(threads=1))
+    (folder / "ar.second.gguf").unlink()
+    shutil.copyfile(gguf_export(DEMO_VARIANTS[0]), folder / "ar.f32.gguf")  # another model's GGUF
+    with pytest.raises(BadInput, match="different layouts|different checkpoints"):
+        open_backend(folder, "auto", BackendOptions(threads=1))
+
+
+# --- guided passes batched --------------------------------------------------------------------------------------
+class _Unbatched:
+    """The same backend seen without its batch axis (two calls per guided pass)."""
+
+    def __init__(self, backend):
+        self.layout, self.logits = backend.layout, backend.logits
+        self.prefill, self.extend = backend.prefill, backend.extend
+
+
+class _Counting:
+    def __init__(self, backend):
+        self.layout, self.logits, self.calls = backend.layout, backend.logits, 0
+        self._batch = backend.batch_logits
+
+    def batch_logits(self, specs):
+        self.calls += 1
+        return self._batch(specs)
+
+
+def test_guided_passes_batched_give_the_same_tokens(onnx_export):
+    backend = OnnxBackend(onnx_export(DEMO_VARIANTS[0]), SessionConfig(provider="cpu"))
+    cond = random_conditioning(3, phonemes=20, prompt_frames=25)
+    counting = _Counting(backend)
+    settings = DemaskSettings(steps=8)
+    batched, _ = demask_nar_len(counting, cond, 40, settings)
+    alone, _ = demask_nar_len(_Unbatched(backend), cond, 40, settings)
+    assert counting.calls == settings.steps, f"{counting.calls} batched calls for {settings.steps} steps"
+    assert (batched == alone).all(), f"{int((batched != alone).sum())} of {len(alone)} NAR-len tokens differ"
+    guidance = Guidance(3.0)
+    codes0 = np.random.default_rng(3).integers(0, 1024, 40)
+    got = generate_nar(counting, cond, codes0, guidance=guidance)
+    want = generate_nar(_Unbatched(backend), cond, codes0, guidance=guidance)
+    assert (got == want).all(), f"{int((got != want).sum())} guided NAR tokens differ"
+
+
+# --- ggml f16 KV cache ------------------------------------------------------------------------------------------
+def test_ggml_f16_kv_cache_within_its_bound(gguf_export):
+    """Half the cache bytes per AR step; labelled approximate with contracts.F16_KV_REL (measured 3.2e-4 at the
+    released size with f32 weights)."""
+    from runtimes.ggml_backend import GgmlBackend
+    from valle_export import names
+
+    path = gguf_export(DEMO_VARIANTS[0])
+    exact, half = GgmlBackend(path, 1, 256), GgmlBackend(path, 1, 256, "f16")
+    assert exact.exact and not half.exact and "f16 KV" in half.approximation
+    cond = random_conditioning(4)
+    spec = seq.ar_pass(exact.layout, cond.phn, cond.lang, cond.prompt, [])
+    want, got = [exact.prefill(spec)], [half.prefill(spec)]
+    for code in np.random.default_rng(4).integers(0, 1024, 20):
+        spec = seq.extend(exact.layout, spec, names.HEAD_AR, [int(code)])
+        want.append(exact.extend(spec))
+        got.append(half.extend(spec))
+    err = contracts.rel_error(np.array(got), np.array(want))
+    assert contracts.within(err, contracts.F16_KV_REL), f"f16 KV cache: logits rel {err:.2e} > {contracts.F16_KV_REL}"
+    with pytest.raises(BadInput, match="kv_type"):
+        GgmlBackend(path, 1, 256, "q8_0")
