@@ -21,7 +21,8 @@ def teacher_forced(backend, cond, codes: np.ndarray) -> dict[str, float]:
     forced loop does), `nar` over every position of levels 1.. (each level fed the exact lower levels)."""
     layout = backend.layout
     spec = seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, codes[:-1, 0])
-    ar = backend.logits(spec)[:, :AUDIO_TOKENS].argmax(-1)
+    ar_half = getattr(backend, "ar", backend)  # a hybrid's AR passes run on its AR backend, not its NAR one
+    ar = ar_half.logits(spec)[:, :AUDIO_TOKENS].argmax(-1)
     ar_agree = float((ar[-len(codes):] == codes[:, 0]).mean())
     nar_hits = 0
     for level in range(1, codes.shape[1]):
