@@ -24,41 +24,48 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(model: Path, voices: Path, *extra: str, ready_s: float = 90.0):
-    """Yield the base URL of a server for `model`; stop it (the whole process group) whatever happens."""
+def serving_process(args: list[str], log_path: Path, label: str, ready_s: float, env: dict | None = None,
+                    poll_s: float = 0.2, stop_s: float = 10.0):
+    """Yield the base URL of `valle-export serve ARGS --port P` run in its own process group once /ready
+    answers 200; SIGTERM the whole group whatever happens (SIGKILL only if that hangs past `stop_s`)."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    log = open(voices.parent / f"serve-{port}.log", "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "valle_export.cli", "serve", str(model), "--port", str(port),
-                             "--voices-dir", str(voices), "--threads", "1", *extra],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = open(log_path.parent / f"{log_path.name}-{port}.log", "w+b")
+    proc = subprocess.Popen([sys.executable, "-m", "valle_export.cli", "serve", *args, "--port", str(port)],
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + ready_s
         while True:
             if proc.poll() is not None:
                 log.seek(0)
-                raise RuntimeError(f"server exited with {proc.returncode}: {log.read().decode()[-2000:]}")
+                raise RuntimeError(f"{label} exited with {proc.returncode}: {log.read().decode()[-3000:]}")
             try:
                 with urllib.request.urlopen(base + "/ready", timeout=2) as r:
                     if r.status == 200:
                         break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except OSError:  # refused, reset, timed out, or an HTTP error status while warming up
                 pass
             if time.time() > deadline:
-                raise RuntimeError("server not ready in time")
-            time.sleep(0.2)
+                raise RuntimeError(f"{label} not ready in time")
+            time.sleep(poll_s)
         yield base
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(10)
+            proc.wait(stop_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
+
+
+def running_server(model: Path, voices: Path, *extra: str, ready_s: float = 90.0):
+    """The one-machine server for `model` (a context manager yielding its base URL)."""
+    return serving_process([str(model), "--voices-dir", str(voices), "--threads", "1", *extra],
+                           voices.parent / "serve", "server", ready_s)
 
 
 def post(base: str, path: str, body, timeout: float = 60.0) -> tuple[int, dict, bytes]:

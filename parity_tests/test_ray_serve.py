@@ -13,9 +13,6 @@ import importlib
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from .server_process import REPO, free_port, get, post
+from .server_process import REPO, free_port, get, post, serving_process
 
 try:
     import ray  # noqa: F401
@@ -193,40 +190,11 @@ def test_kuberay_manifest_and_serve_config():
 
 
 # --- a local Ray instance on loopback, through the CLI ----------------------------------------------------
-@contextlib.contextmanager
 def ray_cli_server(model: Path, voices: Path, *extra: str, ready_s: float = 150.0):
     """`valle-export serve MODEL --ray` in its own process group; SIGTERM (-> serve and ray shutdown), and
     SIGKILL only if that hangs."""
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
-    log = open(voices.parent / f"ray-serve-{port}.log", "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "valle_export.cli", "serve", str(model), "--ray", "--port",
-                             str(port), "--voices-dir", str(voices), *extra], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + ready_s
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"serve --ray exited with {proc.returncode}: {log.read().decode()[-3000:]}")
-            with contextlib.suppress(OSError):
-                if get(base, "/ready")[0] == 200:
-                    break
-            if time.time() > deadline:
-                raise RuntimeError("serve --ray not ready in time")
-            time.sleep(0.5)
-        yield base
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
+    return serving_process([str(model), "--ray", "--voices-dir", str(voices), *extra], voices.parent / "ray-serve",
+                           "serve --ray", ready_s, env={"RAY_USAGE_STATS_ENABLED": "0"}, poll_s=0.5, stop_s=60.0)
 
 
 def non_loopback_address() -> str | None:
