@@ -157,3 +157,14 @@ def served_model(onnx_export, demo_checkpoint):
         r = CliRunner().invoke(main, ["encodec", str(folder), "-q"])
         assert r.exit_code == 0, r.output
     return folder
+
+
+@pytest.fixture(scope="module")
+def uniform(tmp_path_factory, demo_checkpoint):
+    """The uniform HF folder of the default demo checkpoint, made through the CLI (once per test module)."""
+    from .bad_input_checks import invoke
+
+    out = tmp_path_factory.mktemp("uniform") / "u"
+    r = invoke("convert", demo_checkpoint(), out, "-q")
+    assert r.exit_code == 0, r.output
+    return out

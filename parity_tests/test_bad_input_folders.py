@@ -15,16 +15,8 @@ import pytest
 from valle_export import wav
 from valle_export.errors import BadInput
 
-from .bad_input_checks import invoke, refused
+from .bad_input_checks import refused
 from .conftest import DEMO_VARIANTS
-
-
-@pytest.fixture(scope="module")
-def uniform(tmp_path_factory, demo_checkpoint):
-    out = tmp_path_factory.mktemp("uniform") / "u"
-    r = invoke("convert", demo_checkpoint(), out, "-q")
-    assert r.exit_code == 0, r.output
-    return out
 
 
 # --- folder kinds ------------------------------------------------------------------------------------------

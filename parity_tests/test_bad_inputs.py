@@ -213,14 +213,6 @@ def test_bad_pth(tmp_path, ckpt, case):
 
 # --- uniform folders ---------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def uniform(tmp_path_factory, demo_checkpoint):
-    out = tmp_path_factory.mktemp("uniform") / "u"
-    r = invoke("convert", demo_checkpoint(), out, "-q")
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def _copy(src, dst):
     import shutil
 
