@@ -151,16 +151,22 @@ def _load_hf_folder(path: Path) -> EncodecModel:
     return model
 
 
-def _load_original_state(path: Path) -> EncodecModel:
-    """An original `encodec_24khz-*.th` state dict, every name and shape checked."""
-    if not path.is_file():
-        raise BadCheckpoint("file not found", path)
+def read_tensor_state(path: Path) -> dict[str, torch.Tensor]:
+    """A `{name: tensor}` torch file loaded with weights_only (no code runs); anything else is one line."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - weights_only runs no code; pickle / zip errors of every kind
         raise BadCheckpoint(f"cannot load as a weights-only torch file ({type(err).__name__})", path) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BadCheckpoint("not a state dict of tensors", path)
+    return state
+
+
+def _load_original_state(path: Path) -> EncodecModel:
+    """An original `encodec_24khz-*.th` state dict, every name and shape checked."""
+    if not path.is_file():
+        raise BadCheckpoint("file not found", path)
+    state = read_tensor_state(path)
     model = EncodecModel(EncodecConfig())
     model.load_state_dict(original_state_to_hf(model, state, str(path)))
     return model

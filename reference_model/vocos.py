@@ -269,12 +269,7 @@ MEL_VARIANT = ("the mel-spectrogram Vocos (vocos-mel-24khz) decodes mel features
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - weights_only runs no code; pickle / zip errors of every kind
-        raise BadCheckpoint(f"cannot load as a weights-only torch file ({type(err).__name__})", path) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BadCheckpoint("not a state dict of tensors", path)
+    state = codec.read_tensor_state(path)
     if any(str(k).startswith("feature_extractor.mel_spec.") for k in state):
         raise UnsupportedModel(MEL_VARIANT, path)
     return state
