@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench import prepare  # noqa: E402
+from benchmarks.bench_e2e import forced_ar  # noqa: E402
 
 
 def conditioning(layout, seed: int = 0):
@@ -32,25 +32,12 @@ def conditioning(layout, seed: int = 0):
     return Conditioning(phn, 0, rng.integers(0, 1024, (225, 8)).astype(np.int64))
 
 
-AUDIO_TOKENS = 1024  # the AR head's rows past these are the stop token: excluded to force the length
-
-
 def greedy(backend, cond, frames: int) -> tuple[np.ndarray, float]:
     """(codes [frames, 8] of a forced-length greedy AR (stop token excluded) + greedy NAR, ms per AR step)."""
     from runtimes.pipeline import generate_nar
-    from valle_export import names, sequence as seq
 
-    layout = backend.layout
-    spec = seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, [])
-    t = time.perf_counter()
-    logits = backend.prefill(spec)
-    codes = []
-    for _ in range(frames):
-        codes.append(int(np.argmax(logits[:AUDIO_TOKENS])))
-        spec = seq.extend(layout, spec, names.HEAD_AR, [codes[-1]])
-        logits = backend.extend(spec)
-    step_ms = 1000 * (time.perf_counter() - t) / frames
-    return generate_nar(backend, cond, np.array(codes)), step_ms
+    codes0, step_s = forced_ar(backend, cond, frames)
+    return generate_nar(backend, cond, codes0), 1000 * float(np.mean(step_s))
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench import gguf_path, prepare as prepare_base  # noqa: E402
+from benchmarks.bench import _timed, gguf_path, prepare as prepare_base  # noqa: E402
 
 AUDIO_TOKENS = 1024  # AR head rows past these are the stop token: excluded to force the length
 PHONEMES = 62
@@ -67,12 +67,6 @@ def conditioning(seed: int = 0):
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def _load() -> str:
