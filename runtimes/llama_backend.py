@@ -229,13 +229,11 @@ class LlamaCppBackend(CachedPassBackend):
         if lo != position or hi != position:
             raise llama_state.StateFormatError(f"cells sit at {lo}..{hi} after relabelling to {position}")
 
-    def _causal(self, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Feed the next causal tokens into the cache: runs of rising positions, relabelled at each restart."""
-        index_start = self._cached
+    def _causal(self, embeds: np.ndarray, positions: np.ndarray, index_start: int) -> np.ndarray:
+        """Feed causal tokens that follow `index_start` cached ones: runs of rising positions, relabelled at each
+        restart. (The count of cached positions is the pass plumbing's `_cached`, kept by the base class.)"""
         if self.mrope or not self.relabelling:
-            hidden = self._decode(embeds, positions, index_start)
-            self._cached += len(embeds)
-            return hidden
+            return self._decode(embeds, positions, index_start)
         fed = np.asarray(positions, dtype=np.int64) + 1  # so that a cell can be moved to p - 1 >= 0
         cuts = np.flatnonzero(np.diff(fed) != 1) + 1
         out = []
@@ -244,7 +242,6 @@ class LlamaCppBackend(CachedPassBackend):
                 self._relabel(int(fed[start]) - 1)
             out.append(self._decode(embeds[start:stop], fed[start:stop], index_start + start))
             self._last_fed = int(fed[stop - 1])
-            self._cached = index_start + stop
         return np.concatenate(out)
 
     def _self_test(self) -> str:
@@ -255,7 +252,7 @@ class LlamaCppBackend(CachedPassBackend):
         try:
             self._clear()
             self._L.llama_set_causal_attn(self._ctx, True)
-            got = self._causal(embeds, SELF_TEST_POSITIONS)
+            got = self._causal(embeds, SELF_TEST_POSITIONS, 0)
         except (llama_state.StateFormatError, ValleExportError) as err:
             return f"llama.cpp's saved-state format differs from the one relabelling expects ({err})"
         finally:
@@ -301,7 +298,7 @@ class LlamaCppBackend(CachedPassBackend):
         L = self._L
         if spec.causal:
             L.llama_set_causal_attn(self._ctx, True)
-            return self._causal(embeds, spec.positions)
+            return self._causal(embeds, spec.positions, 0)
         L.llama_set_causal_attn(self._ctx, False)
         try:
             if self.mrope:
@@ -316,7 +313,7 @@ class LlamaCppBackend(CachedPassBackend):
 
     def _append_hidden(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         self._L.llama_set_causal_attn(self._ctx, True)
-        return self._causal(seq.embed(self.table, rows), positions)
+        return self._causal(seq.embed(self.table, rows), positions, self._cached)
 
     def _reset_cache(self) -> None:
         self._clear()
