@@ -1,17 +1,20 @@
-"""Export the uniform model to onnxruntime: one backbone graph + the tables and heads as runtime data.
+"""Export the uniform model to onnxruntime: a backbone graph, an AR step graph, the tables and heads as data.
 
-    OUT_DIR/backbone[.fp16|.int8].onnx (+ .onnx.data)   Llama decoder, interface in valle_export/graphs.py
+    OUT_DIR/backbone[.<variant>].onnx (+ .onnx.data)    Llama decoder, interface in valle_export/graphs.py
+    OUT_DIR/ar_step[.<variant>].onnx (+ .onnx.data)     the cached AR step with an in-place KV cache
+                                                        (converters.onnx_step; not for fp16)
     OUT_DIR/valle_weights.safetensors                   flat input table, stacked heads, head biases (fp32)
     OUT_DIR/valle_layout.json, valle_source_config.json also stored in each graph's metadata_props
 
 The wrapper takes and returns plain tensors and builds the transformers cache inside `forward`, so cache
 objects never reach the exported interface. It is exported with the dynamo exporter (opset 23 gives the
 standard Attention / RotaryEmbedding / RMSNormalization ops), with example sizes > 1 so no axis is frozen.
-The same graph serves AR prefill (past length 0), cached AR steps and the bidirectional NAR pass: the mask
-is an explicit additive input.
+The backbone serves AR prefill (past length 0), the bidirectional NAR pass and, in folders without a step
+graph, cached AR steps: the mask is an explicit additive input.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -24,14 +27,20 @@ from torch import nn
 from transformers import DynamicCache
 
 from valle_export import graphs, names
-from valle_export.backend_options import WEIGHT_ONLY_VARIANTS
+from valle_export.backend_options import split_variant
 from valle_export.errors import BadInput, ValleExportError
 from valle_export.files import atomic_dir
 from valle_export.progress import Progress
 from reference_model.model import UniformValleModel
 
+from .onnx_quant import quantize_graph
+from .onnx_step import build_step_graph
+
 EXTERNAL_DATA_BYTES = 256 << 20  # graphs with more weight bytes than this keep them in a .onnx.data file
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+VARIANT_WORDS = {"int8": "dynamic int8", "q8_0": "8-bit weight blocks of 32, MatMulNBits",
+                 "q4_0": "4-bit weight blocks of 32, MatMulNBits", "q4_128": "4-bit weight blocks of 128, MatMulNBits",
+                 "w8a8": "int8 weights per column, int8 activations per row, integer GEMMs"}
 
 
 class BackboneWrapper(nn.Module):
@@ -104,8 +113,8 @@ def export_backbone(model: UniformValleModel, path: Path, dtype: str, opset: int
 
     spec = backbone_graph_spec(model)
     wrapper = BackboneWrapper(model, DTYPES[dtype]).eval()
-    if dtype != "fp32":
-        wrapper = wrapper.to(DTYPES[dtype])
+    if dtype != "fp32":  # on a copy: the model's own tensors feed the runtime weights and the step graph
+        wrapper = copy.deepcopy(wrapper).to(DTYPES[dtype])
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # torchvision-not-installed notices
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -140,8 +149,9 @@ def quantize_int8(src: Path, dst: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint through the root logger
     try:
+        # the step graph's contrib operators have no ONNX shape inference: their outputs are float
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         use_external_data_format=False)
+                         use_external_data_format=False, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.setLevel(level)
     proto = onnx.load(str(dst))
@@ -164,41 +174,51 @@ def save_runtime_weights(model: UniformValleModel, path: Path) -> None:
 
 def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype: str = "fp32",
                 quantize: str | None = None, progress: Progress | None = None, tokenizer: Path | None = None) -> Path:
-    """Write the backbone (+ runtime weights, layout) into `out_dir`, checked and verified; returns the graph."""
+    """Write the backbone and the AR step graph (+ runtime weights, layout) into `out_dir`, checked and
+    verified; returns the backbone. `quantize` may name a pair (`fast` or STEP+BACKBONE, backend_options):
+    then the step graph is written in the first variant and the backbone in the second."""
     import onnx
 
     progress = progress or Progress(quiet=True)
     if dtype not in DTYPES:
         raise BadInput(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if quantize not in (None, "int8", *WEIGHT_ONLY_VARIANTS):
-        raise BadInput(f"--quantize {quantize!r}: one of int8, {', '.join(WEIGHT_ONLY_VARIANTS)}")
+    try:
+        step_variant, variant = split_variant(quantize or dtype)
+    except ValueError as err:
+        raise BadInput(f"--quantize: {err}") from None
     if quantize and dtype != "fp32":
         raise BadInput(f"--quantize {quantize} starts from the fp32 graph; do not combine it with --dtype fp16")
     if not 18 <= opset <= 23:
         raise BadInput(f"--opset {opset}: supported opsets are 18..23")
-    variant = quantize or dtype
     name = graphs.backbone_file(variant)
+    step_name = None if step_variant == "fp16" else graphs.step_file(step_variant)
     with atomic_dir(out_dir) as tmp:
         work = Path(tempfile.mkdtemp(dir=tmp, prefix=".work"))
         progress.stage(f"exporting backbone ({dtype}, opset {opset}, {model.cfg.n_layers} layers)")
-        raw = work / name if not quantize else work / "fp32.onnx"
+        raw = work / name if variant in DTYPES else work / "fp32.onnx"
         export_backbone(model, raw, dtype, opset)
-        if quantize == "int8":
-            progress.stage("quantizing MatMul weights to int8 (dynamic)")
-            quantize_int8(raw, work / name)
-        elif quantize:
-            from .onnx_quant import quantize_weight_only
-
-            progress.stage(f"quantizing MatMul weights to {quantize} (weight-only blocks of 32, MatMulNBits)")
-            quantize_weight_only(raw, work / name, quantize)
-        progress.stage("checking graph (onnx.checker)")
-        try:
-            onnx.checker.check_model(str(work / name))
-        except onnx.checker.ValidationError as err:
-            raise ValleExportError(f"exported graph fails onnx.checker: {str(err).splitlines()[0]}", name) from None
-        for f in [work / name, work / (name + ".data")]:
-            if f.exists():
-                shutil.move(str(f), tmp / f.name)
+        if variant not in DTYPES:
+            progress.stage(f"quantizing the backbone's MatMuls: {variant} ({VARIANT_WORDS[variant]})")
+            quantize_graph(raw, work / name, variant)
+        written = [name]
+        if step_name is not None:
+            progress.stage("writing the AR step graph (in-place KV cache)")
+            raw_step = work / (step_name if step_variant == "fp32" else "step.fp32.onnx")
+            _save(build_step_graph(model, _metadata(model, "fp32")), raw_step)
+            if step_variant != "fp32":
+                progress.stage(f"quantizing the AR step's MatMuls: {step_variant} ({VARIANT_WORDS[step_variant]})")
+                quantize_graph(raw_step, work / step_name, step_variant)
+            written.append(step_name)
+        progress.stage("checking graphs (onnx.checker)")
+        for graph_name in written:
+            try:
+                onnx.checker.check_model(str(work / graph_name))
+            except onnx.checker.ValidationError as err:
+                raise ValleExportError(f"exported graph fails onnx.checker: {str(err).splitlines()[0]}",
+                                       graph_name) from None
+            for f in [work / graph_name, work / (graph_name + ".data")]:
+                if f.exists():
+                    shutil.move(str(f), tmp / f.name)
         shutil.rmtree(work)
         save_runtime_weights(model, tmp / graphs.WEIGHTS_FILE)
         (tmp / names.LAYOUT_FILE).write_text(model.layout.to_json())
@@ -208,7 +228,7 @@ def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype:
         progress.stage("verifying against the reference (onnxruntime)")
         from .verify import verify_backbone
 
-        report = verify_backbone(model, tmp, variant)
+        report = verify_backbone(model, tmp, f"{step_variant}+{variant}" if step_name else variant)
         progress.stage(report.summary())
         if not report.ok:
             raise ValleExportError(f"verification failed: {report.summary()}", out_dir / name)

@@ -163,7 +163,7 @@ def test_demo_weights_warn_and_variants(exported, tmp_path):  # noqa: F811
     assert s["frames"] > 0
     r = CliRunner().invoke(main, ["synthesize", str(only16), "--phonemes", "a", "--variant", "fp32",
                                   "--out", str(tmp_path / "x.wav")])
-    assert_one_line_error(r, "exported variants here: backbone.fp16.onnx")
+    assert_one_line_error(r, "exported graphs here: backbone.fp16.onnx")
     r = CliRunner().invoke(main, ["synthesize", str(model / "model.f32.gguf"), "--phonemes", "a", "--variant",
                                   "int8", "--out", str(tmp_path / "x.wav")])
     assert_one_line_error(r, "--variant selects an ONNX graph")

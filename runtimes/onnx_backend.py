@@ -13,15 +13,18 @@ import numpy as np
 
 from valle_export import graphs, names, sequence as seq
 from valle_export.backend_base import CachedPassBackend
+from valle_export.backend_options import split_variant
 from valle_export.errors import BadInput
 from valle_export.layout import Layout
 
 from .batch_cache import BatchCache, batch_mask
 from .host_weights import HostWeights
+from .onnx_step import StepCache, StepRunner
 
 VARIANT_NOTES = {"fp16": "fp16 weights and compute", "int8": "dynamic int8 MatMuls, one activation scale per call",
                  "q8_0": "8-bit weight blocks, int8 activations per row", "q4_0": "4-bit weight blocks, int8 "
-                 "activations per row"}
+                 "activations per row", "q4_128": "4-bit weight blocks of 128, int8 activations per row",
+                 "w8a8": "int8 weights per column, int8 activations per row"}
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
 
@@ -29,7 +32,8 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extend
 @dataclasses.dataclass(frozen=True)
 class SessionConfig:
     """What a user may tune: provider ('auto' = CUDA when present), threads (0 = onnxruntime's default),
-    graph optimisation level, and which exported variant to load (fp32, fp16, int8)."""
+    graph optimisation level, and which exported variant to load (backend_options: one variant, `fast`, or
+    STEP+BACKBONE)."""
 
     provider: str = "auto"
     threads: int = 0
@@ -56,13 +60,21 @@ def _providers(choice: str) -> list[str]:
     return [wanted, "CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [wanted]
 
 
-def variant_file(folder: Path, variant: str) -> Path:
-    name = graphs.backbone_file(variant)
+def variant_file(folder: Path, variant: str, step: bool = False) -> Path:
+    name = graphs.step_file(variant) if step else graphs.backbone_file(variant)
     path = folder / name
     if not path.is_file():
-        have = sorted(p.name for p in folder.glob("backbone*.onnx"))
-        raise BadInput(f"no {name} (exported variants here: {', '.join(have) or 'none'})", folder)
+        have = [p.name for pattern in ("backbone*.onnx", "ar_step*.onnx") for p in sorted(folder.glob(pattern))]
+        raise BadInput(f"no {name} (exported graphs here: {', '.join(have) or 'none'})", folder)
     return path
+
+
+def parse_variant(variant: str) -> tuple[str, str]:
+    """(AR step variant, backbone variant), refusing an unknown word in one line."""
+    try:
+        return split_variant(variant)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
 
 
 class OnnxBackend(CachedPassBackend):
@@ -74,23 +86,52 @@ class OnnxBackend(CachedPassBackend):
         folder = Path(folder)
         self.layout = read_layout(folder)
         self.weights = HostWeights.load(folder / graphs.WEIGHTS_FILE, self.layout)
-        self.path = variant_file(folder, config.variant)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = config.threads
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[config.optimization])
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=_providers(config.provider))
-        except Exception as err:  # onnxruntime raises its own untyped exceptions for a corrupt file
-            raise BadInput(f"onnxruntime cannot load the graph ({str(err).splitlines()[0][:200]})", self.path) from None
+        self.step_variant, self.variant = parse_variant(config.variant)
+        self.path = variant_file(folder, self.variant)
+        self._opts = ort.SessionOptions()
+        self._opts.intra_op_num_threads = config.threads
+        self._opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[config.optimization])
+        self._opts.log_severity_level = 3
+        self.session = self._session(self.path, config.provider)
         self._check_interface()
-        self._check_origin()
+        self._check_origin(self.session, self.path)
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
-        if config.variant != "fp32":  # the summary and check-fixture say so instead of claiming exactness
+        self.step_runner = self._open_step(folder, config)
+        labels = [f"{self.variant} backbone ({VARIANT_NOTES[self.variant]})"] if self.variant != "fp32" else []
+        if self.step_runner is not None and self.step_variant != "fp32":
+            labels.append(f"{self.step_variant} AR steps ({VARIANT_NOTES[self.step_variant]})")
+        if labels:  # the summary and check-fixture say so instead of claiming exactness
             self.exact = False
-            self.approximation = f"ONNX {config.variant} backbone ({VARIANT_NOTES.get(config.variant, '')})"
-        self._past: list | None = None
+            self.approximation = "ONNX " + "; ".join(labels)
+        self._past: list | StepCache | None = None
         self._cached = 0
+
+    def _session(self, path: Path, provider: str):
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(str(path), self._opts, providers=_providers(provider))
+        except Exception as err:  # onnxruntime raises its own untyped exceptions for a corrupt file
+            raise BadInput(f"onnxruntime cannot load the graph ({str(err).splitlines()[0][:200]})", path) from None
+
+    def _open_step(self, folder: Path, config: SessionConfig) -> StepRunner | None:
+        """The AR step graph's runner: required when the variant names a pair, used when present otherwise
+        (folders exported before it existed step on the backbone). CPU only: on CUDA the backbone's cache
+        already stays on the device."""
+        paired = self.step_variant != self.variant
+        if self.on_cuda or (not paired and not (folder / graphs.step_file(self.variant)).is_file()):
+            if paired and self.on_cuda:
+                raise BadInput(f"variant {config.variant!r} pairs an AR step graph, which runs on the CPU provider")
+            return None
+        path = variant_file(folder, self.step_variant, step=True)
+        session = self._session(path, "cpu")
+        got_in = [i.name for i in session.get_inputs()]
+        got_out = [o.name for o in session.get_outputs()]
+        spec = graphs.step_spec(self.n_layers, self.kv_heads, self.head_dim, self.layout.hidden_size)
+        if got_in != spec.input_names or got_out != spec.output_names:
+            raise BadInput("graph inputs/outputs do not match the AR step spec", path)
+        self._check_origin(session, path)
+        return StepRunner(session, self.n_layers, self.layout.hidden_size)
 
     def _check_interface(self) -> None:
         ins = {i.name: i for i in self.session.get_inputs()}
@@ -105,21 +146,21 @@ class OnnxBackend(CachedPassBackend):
         if got_in != spec.input_names or got_out != spec.output_names:
             raise BadInput("graph inputs/outputs do not match the backbone spec", self.path)
 
-    def _check_origin(self) -> None:
+    def _check_origin(self, session, path: Path) -> None:
         """The graph must come from the same export as the folder's layout and weights: a backbone copied
         in from another model would otherwise run (same interface) and speak with the wrong weights."""
-        meta = self.session.get_modelmeta().custom_metadata_map
-        embeds = next(i for i in self.session.get_inputs() if i.name == "inputs_embeds")
+        meta = session.get_modelmeta().custom_metadata_map
+        embeds = next(i for i in session.get_inputs() if i.name == "inputs_embeds")
         if embeds.shape[2] != self.layout.hidden_size:
-            raise BadInput(f"backbone hidden size {embeds.shape[2]} != {self.layout.hidden_size} of "
-                           f"{names.LAYOUT_FILE}: the graph comes from another model", self.path)
-        if graphs.META_LAYOUT in meta and Layout.from_json(meta[graphs.META_LAYOUT], str(self.path)) != self.layout:
-            raise BadInput(f"backbone's layout differs from {names.LAYOUT_FILE}: the graph comes from another "
-                           "model", self.path)
+            raise BadInput(f"graph hidden size {embeds.shape[2]} != {self.layout.hidden_size} of "
+                           f"{names.LAYOUT_FILE}: the graph comes from another model", path)
+        if graphs.META_LAYOUT in meta and Layout.from_json(meta[graphs.META_LAYOUT], str(path)) != self.layout:
+            raise BadInput(f"graph's layout differs from {names.LAYOUT_FILE}: the graph comes from another "
+                           "model", path)
         graph_print, weights_print = meta.get(graphs.META_WEIGHTS_FINGERPRINT), self.weights.fingerprint
         if graph_print and weights_print and graph_print != weights_print:
-            raise BadInput(f"backbone and {graphs.WEIGHTS_FILE} come from different exports (weights fingerprint "
-                           "differs): the graph comes from another model", self.path)
+            raise BadInput(f"graph and {graphs.WEIGHTS_FILE} come from different exports (weights fingerprint "
+                           "differs): the graph comes from another model", path)
 
     # --- the transformer ---------------------------------------------------------------------------------
     def _empty_past(self) -> list[np.ndarray]:
@@ -202,6 +243,12 @@ class OnnxBackend(CachedPassBackend):
         return self.hidden(spec.rows, spec.positions, spec.causal)[0]
 
     def _append_hidden(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if self.step_runner is not None and len(rows) == 1:  # a cached AR step: in place on the step graph
+            if not isinstance(self._past, StepCache):
+                self._past = StepCache(self._past if self._past is not None else self._empty_past())
+            return self.step_runner.step(self._past, self.weights.embed(rows)[0], int(positions[0]))
+        if isinstance(self._past, StepCache):
+            self._past = self._past.as_past()
         hidden, self._past = self.hidden(rows, positions, True, self._past)
         return hidden
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from valle_export.backend_options import DEFAULT_N_CTX, ONNX_VARIANTS, BackendOptions
+from valle_export.backend_options import DEFAULT_N_CTX, ONNX_VARIANTS, BackendOptions, split_variant
 from valle_export import graphs, names
 from valle_export.errors import BadInput
 from valle_export.progress import Progress
@@ -96,11 +96,13 @@ def resolve_modality(modality: str, capabilities: tuple[str, ...], model_name: s
 
 
 def pick_variant(model: Path, variant: str) -> str:
-    """An ONNX folder's backbone variant: `auto` takes the first exported of fp32, fp16, int8, q8_0,
-    q4_0 (the most exact first)."""
-    if variant not in VARIANTS:
-        raise BadInput(f"--variant must be one of {', '.join(VARIANTS)}")
+    """An ONNX folder's variant: one of ONNX_VARIANTS, `fast`, or STEP+BACKBONE (backend_options); `auto`
+    takes the first exported backbone of fp32, fp16, int8, q8_0, q4_0, q4_128, w8a8 (the most exact first)."""
     if variant != "auto":
+        try:
+            split_variant(variant)
+        except ValueError as err:
+            raise BadInput(f"--variant: {err}") from None
         return variant
     for v in VARIANTS[1:]:
         if (Path(model) / graphs.backbone_file(v)).is_file():

@@ -212,8 +212,11 @@ def demo_checkpoint_cmd(out: Path | None, output: Path | None, size: str, seed: 
 @click.option("--opset", type=opt.OPSET, default=23, show_default=True)
 @click.option("--outtype", type=click.Choice(list(ONNX_OUTTYPES)), default=None,
               help="f32 (default), f16 (weights and compute; inputs and outputs stay float32), int8 (dynamic "
-                   "int8 MatMul weights, from the f32 graph), or q8_0 / q4_0 (weight-only blocks of 32, MatMulNBits: "
-                   "batch-invariant, the fastest AR and NAR). The same words as gguf --outtype.")
+                   "int8 MatMul weights, from the f32 graph), q8_0 / q4_0 (weight-only blocks of 32, MatMulNBits), "
+                   "q4_128 (4-bit blocks of 128: the fastest AR steps), w8a8 (int8 weights and per-row int8 "
+                   "activations: the fastest NAR), or fast (ar_step.q4_128.onnx + backbone.w8a8.onnx: the "
+                   "fastest pair, run with synthesize --variant fast). All but int8 are batch-invariant. The same "
+                   "words as gguf --outtype where they exist.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default=None, hidden=True)  # older spelling
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, hidden=True)  # older spelling
 @lora_option
@@ -318,9 +321,11 @@ def gguf_lora_cmd(lora: Path, base: Path, out: Path, quiet: bool) -> None:
 @click.option("--backend", type=click.Choice(["auto", *RUNTIME_BACKENDS, "torch"]), default="auto",
               show_default=True,
               help="auto: onnx for a folder, llamacpp for a .gguf (ggml: the exact graph on the same file).")
-@click.option("--variant", type=click.Choice(["auto", *ONNX_VARIANTS]), default="auto", show_default=True,
-              help="ONNX backbone variant (also the NAR half of a GGUF+ONNX folder); auto: the first exported of "
-                   "fp32, fp16, int8, q8_0, q4_0.")
+@click.option("--variant", default="auto", show_default=True, metavar="VARIANT",
+              help=f"ONNX variant: one of {', '.join(ONNX_VARIANTS)}; fast (AR steps on ar_step.q4_128.onnx, "
+                   "every other pass on backbone.w8a8.onnx: the fastest on CPU); or STEP+BACKBONE to pair any two "
+                   "(also the NAR half of a GGUF+ONNX folder); auto: the first exported of " + ", ".join(ONNX_VARIANTS)
+                   + ".")
 @click.option("--modality", type=click.Choice(["auto", "ar+nar", "nar-len"]), default="auto", show_default=True,
               help="auto: NAR-len for a model with the len capability, else AR+NAR (as the original).")
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
@@ -435,7 +440,8 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
 @click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml"]), default="auto",
               show_default=True,
               help="onnx batches concurrent requests; llamacpp and ggml run one sentence at a time.")
-@click.option("--variant", type=click.Choice(["auto", *ONNX_VARIANTS]), default="auto", show_default=True)
+@click.option("--variant", default="auto", show_default=True, metavar="VARIANT",
+              help="ONNX variant, as for synthesize (fast, STEP+BACKBONE, or one variant).")
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with the EnCodec graphs (default: beside MODEL).")
 @click.option("--decoder", type=click.Choice(["vocos", "encodec"]), default=None)

@@ -33,7 +33,8 @@ APPROX_TOKEN_AGREEMENT = 0.9  # argmax / greedy token agreement floor of approxi
 # backbone hidden states vs the reference; the weight-only q8_0 / q4_0 graphs (MatMulNBits, int8 activations
 # per row and block) measured 1.2e-2 / 1.4e-1 at the tiny demo size and 2.2e-2 / 2.8e-1 at the released size
 # (random weights: no outliers for the blocks to absorb, the worst case for 4 bits)
-ONNX_HIDDEN_REL = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2.5e-1, "q8_0": 5e-2, "q4_0": 4e-1}
+ONNX_HIDDEN_REL = {"fp32": 1e-4, "fp16": 2e-2, "int8": 2.5e-1, "q8_0": 5e-2, "q4_0": 4e-1, "q4_128": 5e-1,
+                   "w8a8": 2e-1}
 # dequantized GGUF tensor vs its source, per GGML type (f16 rounding ~5e-4, bf16 ~4e-3, 8-bit ~1e-2)
 GGUF_TYPE_REL = {"F32": 0.0, "F16": 1e-3, "BF16": 8e-3, "Q8_0": 2e-2, "Q6_K": 5e-2, "Q5_K": 1e-1, "Q5_0": 1e-1,
                  "Q5_1": 1e-1, "Q4_K": 2e-1, "Q4_0": 2e-1, "Q4_1": 2e-1, "Q3_K": 4e-1, "Q2_K": 6e-1}

@@ -11,9 +11,10 @@ import dataclasses
 
 from . import names
 
-FLOAT, INT64 = "float32", "int64"
+FLOAT, INT64, INT32 = "float32", "int64", "int32"
 
 BACKBONE_FILE = "backbone.onnx"
+STEP_FILE = "ar_step.onnx"  # the AR decode step with an in-place KV cache (converters.onnx_step)
 WEIGHTS_FILE = "valle_weights.safetensors"  # flat table, stacked heads, head biases (read by the runtime)
 EMBED_TENSOR = "embed_tokens.weight"
 HEAD_WEIGHT_TENSOR = "lm_head.weight"
@@ -56,6 +57,11 @@ def backbone_file(variant: str) -> str:
     return BACKBONE_FILE if variant == "fp32" else BACKBONE_FILE.replace(".onnx", f".{variant}.onnx")
 
 
+def step_file(variant: str) -> str:
+    """File name of a variant's AR step graph: fp32 -> ar_step.onnx, others -> ar_step.<v>.onnx."""
+    return STEP_FILE if variant == "fp32" else STEP_FILE.replace(".onnx", f".{variant}.onnx")
+
+
 def past_name(layer: int, kind: str) -> str:
     return f"past_key_values.{layer}.{kind}"
 
@@ -78,6 +84,24 @@ def backbone_spec(n_layers: int, n_heads: int, head_dim: int, hidden: int) -> Gr
     )
     outputs = (TensorSpec("last_hidden_state", FLOAT, ("batch", "sequence", hidden)), *kv_out)
     return GraphSpec("backbone", inputs, outputs)
+
+
+def step_spec(n_layers: int, n_heads: int, head_dim: int, hidden: int) -> GraphSpec:
+    """One new position per sequence; the cache is a buffer of `capacity` positions bound as past AND present
+    (updated in place at `seqlens_k`, the row's cached length); `total_sequence_length` = max cached + 1."""
+    kv_in = [TensorSpec(past_name(i, k), FLOAT, ("batch", n_heads, "capacity", head_dim))
+             for i in range(n_layers) for k in ("key", "value")]
+    kv_out = [TensorSpec(present_name(i, k), FLOAT, ("batch", n_heads, "capacity", head_dim))
+              for i in range(n_layers) for k in ("key", "value")]
+    inputs = (
+        TensorSpec("inputs_embeds", FLOAT, ("batch", 1, hidden)),
+        TensorSpec("position_ids", INT64, ("batch", 1)),
+        TensorSpec("seqlens_k", INT32, ("batch",)),
+        TensorSpec("total_sequence_length", INT32, ()),
+        *kv_in,
+    )
+    outputs = (TensorSpec("last_hidden_state", FLOAT, ("batch", 1, hidden)), *kv_out)
+    return GraphSpec("ar_step", inputs, outputs)
 
 
 # --- EnCodec ---------------------------------------------------------------------------------------------
