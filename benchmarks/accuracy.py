@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from valle_export import sequence as seq
+from valle_export import names, sequence as seq
 
 AUDIO_TOKENS = 1024  # AR head rows past these are the stop token
 
 
 def teacher_forced(backend, cond, codes: np.ndarray) -> dict[str, float]:
     """Argmax agreement of `backend` with `codes` [frames, levels] (greedy codes of the exact backend for
-    `cond`): `ar` over the frames (one causal pass over the exact level-0 codes, stop token excluded as the
-    forced loop does), `nar` over every position of levels 1.. (each level fed the exact lower levels)."""
+    `cond`): `ar` over the frames (a prefill, then the exact level-0 codes fed one cached step at a time, as
+    synthesis runs them: on the AR step graph where the backend has one; stop token excluded as the forced
+    loop does), `nar` over every position of levels 1.. (each level fed the exact lower levels)."""
     layout = backend.layout
-    spec = seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, codes[:-1, 0])
     ar_half = getattr(backend, "ar", backend)  # a hybrid's AR passes run on its AR backend, not its NAR one
-    ar = ar_half.logits(spec)[:, :AUDIO_TOKENS].argmax(-1)
-    ar_agree = float((ar[-len(codes):] == codes[:, 0]).mean())
+    spec = seq.ar_pass(layout, cond.phn, cond.lang, cond.prompt, [])
+    ar = [int(ar_half.prefill(spec)[:AUDIO_TOKENS].argmax())]
+    for code in codes[:-1, 0]:
+        spec = seq.extend(layout, spec, names.HEAD_AR, [int(code)])
+        ar.append(int(ar_half.extend(spec)[:AUDIO_TOKENS].argmax()))
+    ar_agree = float((np.array(ar) == codes[:, 0]).mean())
     nar_hits = 0
     for level in range(1, codes.shape[1]):
         logits = backend.logits(seq.nar_pass(layout, cond.phn, cond.lang, cond.prompt, codes[:, :level], level))

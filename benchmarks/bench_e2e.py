@@ -13,17 +13,19 @@ with every export a row needs). Input: 62 phonemes, language 0, no prompt. Each 
 and RTF = (AR + NAR + Vocos decode) / audio seconds. Codes and Vocos audio are compared with the exact
 `onnx-fp32` row: level-0 / all-level token agreement and the waveform's relative error.
 
-Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache): `onnx-<variant>` (fp32, fp16, int8, q8_0,
-q4_0), `ggml-<gguf type>`, `llamacpp-<gguf type>`,
+Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache): `onnx-<variant>` (any ONNX variant word:
+fp32, int8, q8_0, q4_0, q4_128, w8a8, `fast`, or STEP+BACKBONE), `ggml-<gguf type>`, `llamacpp-<gguf type>`,
 `hybrid-<gguf type>+<onnx variant>` (a model folder holding both; AR on ggml, NAR on onnxruntime, opened by
 `--backend auto` exactly as `synthesize` does), and `torch-recompute`: the original's loop (torch reference,
 every AR step recomputes the whole sequence, `use_cache=False`), timed at 3 lengths and EXTRAPOLATED to the
 full length (a per-step time linear in the sequence length); its NAR levels are measured.
 
-Floors, per row: an AR step must read every backbone weight and the KV cache (at the mean context), so
-`bytes / read bandwidth` (all threads, measured in this run) bounds it from below; a NAR pass must do
-2 x weights x positions + attention FLOPs, so `flops / GEMM peak` (numpy float32, all threads, this run)
-bounds it. The table gives measured / floor.
+Floors, per row: an AR step must read every weight of the graph it steps on and the KV cache (at the mean
+context), so `bytes / read bandwidth` (all threads, measured in this run) bounds it from below; a NAR pass must
+do 2 x weights x positions multiply-adds in its weight GEMMs plus the attention FLOPs, so `weight ops / peak +
+attention FLOPs / float peak` bounds it, where the peak of the weight GEMMs is numpy's float32 GEMM for float
+weights and onnxruntime's u8s8 integer GEMM for quantized ones (both all threads, this run). The table gives
+measured / floor.
 """
 from __future__ import annotations
 
@@ -47,9 +49,9 @@ from benchmarks.bench import _timed, gguf_path, prepare as prepare_base  # noqa:
 
 AUDIO_TOKENS = 1024  # AR head rows past these are the stop token: excluded to force the length
 PHONEMES = 62
-DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-int8", "onnx-q8_0", "onnx-q4_0", "ggml-q8_0", "ggml-q4_k_m",
-                "ggml-q4_k_m@f16kv", "hybrid-q4_k_m+q8_0", "hybrid-q4_k_m+q8_0@f16kv"]
-DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-q8_0"]
+DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-fast", "onnx-w8a8", "onnx-q8_0", "onnx-q4_128", "ggml-q8_0",
+                "ggml-q4_k_m", "llamacpp-q4_0", "hybrid-q4_k_m+w8a8"]
+DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-fast"]
 RECOMPUTE_PROBES = 3  # torch-recompute: passes timed at the start, middle and end lengths
 EXACT_ROW = "onnx-fp32"  # the rows' accuracy is measured against this one (it runs first)
 CAVEAT = ("Caveat: these numbers hold for an idle machine. Other processes on these cores (see the load average "
@@ -262,6 +264,40 @@ def gemm_peak(threads: int) -> float:
     return float(out.stdout.strip())
 
 
+def int8_gemm_peak(threads: int) -> float:
+    """Integer multiply-adds x 2 per second of onnxruntime's u8s8 GEMM (`MatMulInteger`, the kernel the w8a8
+    graphs and MatMulNBits' int8 path reach; VNNI / AMX) at a NAR pass's shape, best of 5."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((1024, 4096), np.int8), "w")
+    zp = numpy_helper.from_array(np.array(128, np.uint8), "zp")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w", "zp"], ["y"])], "peak",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [800, 1024])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [800, 4096])], [w, zp])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                   .SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {"a": np.full((800, 1024), 129, np.uint8)}
+    session.run(None, feed)
+    best = min((lambda t: (session.run(None, feed), time.perf_counter() - t)[1])(time.perf_counter())
+               for _ in range(5))
+    return 2 * 800 * 1024 * 4096 / best
+
+
+def integer_nar(row: str) -> bool:
+    """Whether a row's NAR multiplies its weights in integers (quantized weights, int8 activations)."""
+    kind, _, spec = row.split("@")[0].partition("-")
+    if kind == "hybrid":
+        spec = spec.split("+", 1)[1]
+    if kind in ("onnx", "hybrid"):
+        from valle_export.backend_options import split_variant
+
+        return split_variant(spec)[1] not in ("fp32", "fp16")
+    return kind in ("ggml", "llamacpp") and spec.lower() not in ("f32", "f16", "bf16")
+
+
 def weight_bytes(work: Path, row: str) -> int:
     """Backbone weight bytes one AR step reads: the AR half's GGUF blocks, or the ONNX backbone's file(s)."""
     from benchmarks.bench import backbone_bytes
@@ -272,8 +308,12 @@ def weight_bytes(work: Path, row: str) -> int:
         return backbone_bytes(gguf_path(work, row))
     if kind == "hybrid":
         return backbone_bytes(work / f"model.{spec.split('+')[0]}.gguf")
-    variant = "fp32" if kind == "torch" else spec
-    base = work / "onnx" / graphs.backbone_file(variant)
+    from valle_export.backend_options import split_variant
+
+    step, backbone = split_variant("fp32" if kind == "torch" else spec)
+    base = work / "onnx" / graphs.step_file(step)  # what a cached step reads (the backbone where no step graph)
+    if kind == "torch" or not base.exists():
+        base = work / "onnx" / graphs.backbone_file(backbone)
     return sum(p.stat().st_size for p in (base, Path(str(base) + ".data")) if p.exists())
 
 
@@ -283,16 +323,18 @@ def nar_weight_params(work: Path) -> int:
     return sum(p.stat().st_size for p in (base, Path(str(base) + ".data")) if p.exists()) // 4
 
 
-def add_floors(r: dict, work: Path, bandwidth: float, peak: float, d: int = 1024, layers: int = 12) -> None:
+def add_floors(r: dict, work: Path, bandwidth: float, peak: float, int_peak: float, d: int = 1024,
+               layers: int = 12) -> None:
     if "step_ms" in r:
         kv_type_bytes = 2 if r["row"].endswith("@f16kv") else 4
         mean_ctx = (r["context_first"] + r["context_last"]) / 2
         kv = 2 * layers * mean_ctx * d * kv_type_bytes
         r["ar_floor_ms"] = 1000 * (weight_bytes(work, r["row"]) + kv) / bandwidth
     if "nar_pass_ms" in r:
-        n = r["nar_positions"]
-        flops = 2 * nar_weight_params(work) * n + 4 * layers * n * n * d
-        r["nar_floor_ms"] = 1000 * flops / peak
+        n = r["nar_positions"]  # weight GEMMs at the integer or float peak, attention (float) at the float peak
+        weights = 2 * nar_weight_params(work) * n
+        r["nar_floor_ms"] = 1000 * (weights / (int_peak if integer_nar(r["row"]) else peak)
+                                    + 4 * layers * n * n * d / peak)
 
 
 # --- accuracy against the exact row --------------------------------------------------------------------------
@@ -319,11 +361,13 @@ def _f(x, fmt: str = "{:.2f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
-def print_tables(results: list[dict], args, bandwidth: float, peak: float, loads: tuple[str, str]) -> None:
+def print_tables(results: list[dict], args, bandwidth: float, peaks: tuple[float, float],
+                 loads: tuple[str, str]) -> None:
     seconds = args.seconds
     print(f"\n{args.threads} threads, {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"read bandwidth {bandwidth / 1e9:.1f} GB/s, GEMM peak {peak / 1e9:.0f} GFLOP/s (numpy, {args.threads} "
-          f"threads); load average before {loads[0]}, after {loads[1]}")
+          f"read bandwidth {bandwidth / 1e9:.1f} GB/s, GEMM peak {peaks[0] / 1e9:.0f} GFLOP/s (numpy float32) and "
+          f"{peaks[1] / 1e9:.0f} GOP/s (onnxruntime u8s8 integer), {args.threads} threads; load average before "
+          f"{loads[0]}, after {loads[1]}")
     print(CAVEAT)
     print(f"\nAR+NAR, greedy, {seconds:g} s forced ({int(seconds * 75)} frames, stop token excluded), {PHONEMES} "
           "phonemes, no prompt; RTF = (AR + NAR + Vocos decode) / audio seconds")
@@ -375,15 +419,29 @@ def prepare(work: Path, rows: list[str]) -> None:
             base.append("onnx-int8")
     prepare_base(work, base)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    from valle_export import graphs
 
     for row in rows:
         kind, _, spec = row.split("@")[0].partition("-")
-        variant = spec.split("+")[1] if kind == "hybrid" else spec if kind == "onnx" else None
-        if variant in ("fp16", "q8_0", "q4_0") and not (work / "onnx" / graphs.backbone_file(variant)).exists():
-            subprocess.run([sys.executable, "-m", "valle_export.cli", "onnx", str(work / "ckpt"), "-o",
-                            str(work / "onnx"), "--outtype", variant.replace("fp16", "f16"), "-q"], check=True,
-                           env=env)
+        variant = spec.split("+", 1)[1] if kind == "hybrid" else spec if kind == "onnx" else None
+        if variant is not None:
+            ensure_onnx(work / "onnx", variant, env)
+
+
+def ensure_onnx(folder: Path, variant: str, env: dict) -> None:
+    """Export what `variant` (one variant, `fast` or STEP+BACKBONE) needs into `folder`, unless present."""
+    from valle_export import graphs
+    from valle_export.backend_options import FAST_PAIR, FAST_PRESET, split_variant
+
+    step, backbone = split_variant(variant)
+    needs = [(backbone, graphs.backbone_file(backbone))] + ([(step, graphs.step_file(step))] if step != "fp16" else [])
+    missing = [v for v, name in needs if not (folder / name).exists()]
+    if not missing:
+        return
+    words = [FAST_PRESET] if variant == FAST_PRESET and set(missing) == set(FAST_PAIR) else dict.fromkeys(missing)
+    for word in words:
+        outtype = {"fp32": "f32", "fp16": "f16"}.get(word, word)
+        subprocess.run([sys.executable, "-m", "valle_export.cli", "onnx", str(folder.parent / "ckpt"), "-o",
+                        str(folder), "--outtype", outtype, "-q"], check=True, env=env)
 
 
 def main() -> None:
@@ -404,7 +462,7 @@ def main() -> None:
     prepare(args.work, rows + len_rows)
     start_load = _load()
     print(f"load average at start: {start_load} ({os.cpu_count()} cores)", file=sys.stderr)
-    bandwidth, peak = read_bandwidth(args.threads), gemm_peak(args.threads)
+    bandwidth, peak, int_peak = read_bandwidth(args.threads), gemm_peak(args.threads), int8_gemm_peak(args.threads)
     results = []
     for row in sorted(dict.fromkeys(rows + len_rows), key=lambda r: r != EXACT_ROW):  # exact row first
         modalities = [m for m, on in (("ar+nar", row in rows), ("nar-len", row in len_rows)) if on]
@@ -415,13 +473,17 @@ def main() -> None:
             print(f"{row}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        add_floors(r, args.work, bandwidth, peak)
+        add_floors(r, args.work, bandwidth, peak, int_peak)
         results.append(r)
-        print(f"  measured {row} (load {r['load_before']} -> {r['load_after']})", file=sys.stderr)
+        line = f"  measured {row} (load {r['load_before']} -> {r['load_after']})"
+        if "ar_s" in r:
+            line += f": AR {r['ar_s']:.2f} s, NAR {r['nar_s']:.2f} s, Vocos {r.get('vocos_s', 0):.2f} s"
+        print(line, file=sys.stderr, flush=True)
     add_accuracy(results, args.work)
-    print_tables(results, args, bandwidth, peak, (start_load, _load()))
+    print_tables(results, args, bandwidth, (peak, int_peak), (start_load, _load()))
     if args.json:
-        args.json.write_text(json.dumps({"bandwidth": bandwidth, "gemm_peak": peak, "rows": results}, indent=1))
+        args.json.write_text(json.dumps({"bandwidth": bandwidth, "gemm_peak": peak, "int8_gemm_peak": int_peak,
+                                         "rows": results}, indent=1))
 
 
 if __name__ == "__main__":

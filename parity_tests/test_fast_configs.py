@@ -1,6 +1,7 @@
 """Issue 22's fast configurations, for correctness (their speed is measured by benchmarks/bench_e2e.py only):
-- the weight-only ONNX variants q8_0 / q4_0 (MatMulNBits): exported and verified, labelled approximate, greedy
-  tokens close to fp32's (teacher-forced agreement, contracts.TEACHER_FORCED_AGREEMENT) and batch-invariant;
+- the quantized ONNX variants q8_0 / q4_0 / q4_128 (MatMulNBits) and w8a8 (integer GEMMs): exported and
+  verified (backbone and AR step graph), labelled approximate, greedy tokens close to fp32's (teacher-forced
+  agreement through the step graph, contracts.TEACHER_FORCED_AGREEMENT) and batch-invariant;
 - a hybrid model folder (ONNX export + ar.<type>.gguf): `--backend auto` runs AR on ggml and NAR on
   onnxruntime, identical to ONNX alone with exact files;
 - guided full passes (NAR-len's conditional and guidance-free pass, guided NAR levels) in one batched call,
@@ -36,16 +37,18 @@ def _cli(*args) -> str:
 
 
 # --- weight-only ONNX variants --------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ["q8_0", "q4_0"])
-def test_weight_only_variant_tokens_and_batches(onnx_export, variant):
+@pytest.mark.parametrize("variant", ["q8_0", "q4_0", "q4_128", "w8a8"])
+def test_quantized_variant_tokens_and_batches(onnx_export, variant):
     onnx_export(DEMO_VARIANTS[0])  # fp32 into the same folder, first
     folder = onnx_export(DEMO_VARIANTS[0], quantize=variant)  # the export verified it (contracts.ONNX_HIDDEN_REL)
     import onnx
 
-    ops = [n.op_type for n in onnx.load(str(folder / f"backbone.{variant}.onnx")).graph.node]
     fast = OnnxBackend(folder, SessionConfig(provider="cpu", variant=variant))
     exact = OnnxBackend(folder, SessionConfig(provider="cpu"))
-    assert ops.count("MatMulNBits") == 7 * fast.n_layers and "MatMul" not in ops, sorted(set(ops))
+    op = "MatMulIntegerToFloat" if variant == "w8a8" else "MatMulNBits"
+    for name, per_layer in ((f"backbone.{variant}.onnx", 7), (f"ar_step.{variant}.onnx", 4)):  # step: fused
+        ops = [n.op_type for n in onnx.load(str(folder / name)).graph.node]
+        assert ops.count(op) == per_layer * fast.n_layers and "MatMul" not in ops, (name, sorted(set(ops)))
     assert not fast.exact and variant in fast.approximation
     worst = {"ar": 1.0, "nar": 1.0}
     for seed in range(3):
