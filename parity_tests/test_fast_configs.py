@@ -4,8 +4,9 @@
   agreement through the step graph, contracts.TEACHER_FORCED_AGREEMENT) and batch-invariant;
 - a hybrid model folder (ONNX export + ar.<type>.gguf): `--backend auto` runs AR on ggml and NAR on
   onnxruntime, identical to ONNX alone with exact files;
-- guided full passes (NAR-len's conditional and guidance-free pass, guided NAR levels) in one batched call,
-  giving the same tokens as two calls."""
+- guided full passes (NAR-len's conditional and guidance-free pass, guided NAR levels) in one batched call
+  on every backend (ONNX's batch axis, one packed ggml graph, one llama.cpp decode), giving the same tokens as
+  two calls."""
 from __future__ import annotations
 
 import json
@@ -174,3 +175,29 @@ def test_ggml_f16_kv_cache_within_its_bound(gguf_export):
     assert contracts.within(err, contracts.F16_KV_REL), f"f16 KV cache: logits rel {err:.2e} > {contracts.F16_KV_REL}"
     with pytest.raises(BadInput, match="kv_type"):
         GgmlBackend(path, 1, 256, "q8_0")
+
+
+@pytest.mark.parametrize("kind", ["ggml", "llamacpp"])
+def test_gguf_guided_pairs_in_one_call(gguf_export, kind):
+    """ggml packs a guided pair into one graph (block-diagonal mask), llama.cpp into one decode (a sequence
+    each): each pass's logits equal the pass alone up to summation order, and NAR-len demasking makes one
+    call per step with the same tokens as two."""
+    backend = open_backend(gguf_export(DEMO_VARIANTS[0]), kind, BackendOptions(threads=2))
+    layout, cond = backend.layout, random_conditioning(4, phonemes=20, prompt_frames=25)
+    resp = np.random.default_rng(4).integers(0, 1024, (30, 8))
+    masked = np.where(np.arange(30) % 3 == 0, layout.mask_token, resp[:, 0])
+    pairs = [[seq.nar_len_pass(layout, cond.phn, cond.lang, cond.prompt, masked),
+              seq.nar_len_pass(layout, seq.null_phonemes(layout), cond.lang, None, masked)],
+             [seq.nar_pass(layout, cond.phn, cond.lang, cond.prompt, resp[:, :2], 2),
+              seq.nar_pass(layout, seq.null_phonemes(layout), cond.lang, None, resp[:, :2], 2)]]
+    bound = contracts.PACKED_PASS_REL if backend.exact else contracts.PACKED_PASS_TABLE_GELU_REL
+    for pair in pairs:
+        for spec, batched in zip(pair, backend.batch_logits(pair)):
+            err = contracts.rel_error(batched, backend.logits(spec))
+            assert contracts.within(err, bound), f"{kind} {spec.head}: packed vs alone {err:.2e} (bound {bound:g})"
+    counting = _Counting(backend)
+    settings = DemaskSettings(steps=6)
+    batched, _ = demask_nar_len(counting, cond, 30, settings)
+    alone, _ = demask_nar_len(_Unbatched(backend), cond, 30, settings)
+    assert counting.calls == settings.steps, f"{counting.calls} calls for {settings.steps} steps"
+    assert (batched == alone).all(), f"{kind}: {int((batched != alone).sum())} of {len(alone)} NAR-len tokens differ"

@@ -199,8 +199,10 @@ class GgmlBackend(CachedPassBackend):
             g.ggml_swiglu_split(ctx, gate, up)
         return g.ggml_mul_mat(ctx, w(MT.FFN_DOWN), act)
 
-    def run(self, embeds: np.ndarray, positions: np.ndarray, causal: bool, past: int = 0) -> np.ndarray:
-        """Final-norm hidden [n, d] for `embeds` placed after `past` cached positions (written to the cache)."""
+    def run(self, embeds: np.ndarray, positions: np.ndarray, causal: bool, past: int = 0,
+            mask: np.ndarray | None = None) -> np.ndarray:
+        """Final-norm hidden [n, d] for `embeds` placed after `past` cached positions (written to the cache).
+        `mask` [n, past + n] (additive) replaces the causal / bidirectional one (packed batches)."""
         g = self._g
         n = len(embeds)
         if embeds.shape != (n, self.d) or len(positions) != n or n == 0:
@@ -214,7 +216,8 @@ class GgmlBackend(CachedPassBackend):
             gf = g.ggml_new_graph_custom(ctx, GRAPH_NODES, False)
             x = self._input(ctx, np.ascontiguousarray(embeds, np.float32), g.GGML_TYPE_F32, pending)
             pos = self._input(ctx, np.ascontiguousarray(positions, np.int32), g.GGML_TYPE_I32, pending)
-            mask = np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0])
+            mask = np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0] if mask is None else mask,
+                                        dtype=np.float32)
             mask = self._input(ctx, mask, g.GGML_TYPE_F32, pending)
             for layer in range(self.n_layers):
                 attn = self._attention(ctx, gf, self._norm(ctx, x, self._layer_weights(layer)(MT.ATTN_NORM)),
@@ -235,6 +238,23 @@ class GgmlBackend(CachedPassBackend):
             return np.array(to_numpy(out), dtype=np.float32).reshape(n, self.d)
         finally:
             g.ggml_free(ctx)
+
+    # --- several passes in one graph -------------------------------------------------------------------------
+    def batch_logits(self, specs: list[seq.PassSpec]) -> list[np.ndarray]:
+        """Full passes of several specs in ONE graph (a guided pair: NAR-len's conditional and guidance-free
+        pass, or a guided NAR level): the positions packed end to end under a block-diagonal mask, each block
+        the spec's own (causal or bidirectional), so every weight is read once for all of them and a pass
+        sees only its own positions (masked scores are exactly zero after the softmax)."""
+        for spec in specs:
+            self._check_pass(spec)
+        self._cached = 0  # a full pass overwrites the cache's first positions
+        starts = np.cumsum([0] + [s.length for s in specs])
+        mask = np.full((starts[-1], starts[-1]), seq.NEG_INF, dtype=np.float32)
+        for spec, a, b in zip(specs, starts, starts[1:]):
+            mask[a:b, a:b] = seq.additive_mask(spec.causal, spec.length)[0, 0]
+        hidden = self.run(np.concatenate([seq.embed(self.table, s.rows) for s in specs]),
+                          np.concatenate([s.positions for s in specs]), False, 0, mask)
+        return [self.head_logits(hidden[a + s.out_start:b], s.head) for s, a, b in zip(specs, starts, starts[1:])]
 
     # --- pass plumbing hooks (valle_export.backend_base) -------------------------------------------------
     def head_logits(self, hidden: np.ndarray, head: str) -> np.ndarray:

@@ -43,6 +43,7 @@ from .host_weights import apply_head
 
 SELF_TEST_POSITIONS = np.array([0, 1, 2, 3, 0, 1, 2, 0, 1])  # three segments: two relabels
 SELF_TEST_REL = contracts.RELABEL_SELF_TEST_REL
+BATCHED_SEQUENCES = 2  # full passes `batch_logits` packs into one decode (a guided pair)
 _LOG_CALLBACK = None  # keep a reference: llama.cpp calls it for the life of the process
 LOG_LINES: collections.deque[str] = collections.deque(maxlen=400)  # llama.cpp's recent log, kept for reports
 
@@ -140,7 +141,9 @@ class LlamaCppBackend(CachedPassBackend):
             tail = lambda: next((line.strip() for line in reversed(LOG_LINES) if line.strip()), "")  # noqa: E731
             self.adapter = load_adapter(L, self._model, Path(self.config.lora), self.file.arch,
                                         self.config.lora_scale, tail)
-        self._ctx = self._new_context(self._context_params(self.config.n_ctx))
+        # two sequences: a guided pair of full passes runs as one batch (`batch_logits`); the unified KV
+        # cache keeps one pool of cells, so this costs no memory
+        self._ctx = self._new_context(self._context_params(self.config.n_ctx, n_seq=BATCHED_SEQUENCES))
         if not self._ctx:
             raise BadInput("llama.cpp could not create a context for this GGUF", path)
         self.n_embd = L.llama_model_n_embd(self._model)
@@ -259,9 +262,11 @@ class LlamaCppBackend(CachedPassBackend):
             self._clear()
         want = self._index_causal_by_sequence_sets(embeds, SELF_TEST_POSITIONS + 1)
         rel = contracts.rel_error(got, want)
-        if not contracts.within(rel, SELF_TEST_REL):
+        exact_types = self.file.weight_types <= {"F32"} and self.config.kv_type == "f32"
+        bound = SELF_TEST_REL if exact_types else contracts.RELABEL_SELF_TEST_APPROX_REL
+        if not contracts.within(rel, bound):
             return (f"llama.cpp's saved-state format differs: a relabelled pass is {rel:.2e} away from the "
-                    f"independent check (bound {SELF_TEST_REL:g})")
+                    f"independent check (bound {bound:g})")
         return ""
 
     def _index_causal_by_sequence_sets(self, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -310,6 +315,37 @@ class LlamaCppBackend(CachedPassBackend):
         finally:
             L.llama_set_causal_attn(self._ctx, True)
             self._clear()
+
+    # --- several passes in one batch ---------------------------------------------------------------------------
+    def batch_logits(self, specs: list[seq.PassSpec]) -> list[np.ndarray]:
+        """Full bidirectional passes of several specs (a guided pair: NAR-len's conditional and guidance-free
+        pass, or a guided NAR level) in ONE llama_decode, spec k as sequence k: llama.cpp's mask keeps each
+        sequence to its own cells, and every weight is read once for all. Causal specs (relabelled per
+        sequence 0) and batches past the context run one at a time."""
+        total = sum(s.length for s in specs)
+        if (len(specs) > BATCHED_SEQUENCES or any(s.causal for s in specs) or len(specs) < 2
+                or total > self.config.n_ctx):
+            return [self.logits(s) for s in specs]
+        for spec in specs:
+            self._check_pass(spec)
+        self._clear()
+        L = self._L
+        L.llama_set_causal_attn(self._ctx, False)
+        try:  # each spec sorted by position, as a single bidirectional pass is
+            orders = [np.arange(s.length) if self.mrope else np.argsort(s.positions, kind="stable") for s in specs]
+            out = self._decode(np.concatenate([seq.embed(self.table, s.rows)[o] for s, o in zip(specs, orders)]),
+                               np.concatenate([s.positions[o] for s, o in zip(specs, orders)]), 0,
+                               seq_lists=[[k] for k, s in enumerate(specs) for _ in range(s.length)])
+        finally:
+            L.llama_set_causal_attn(self._ctx, True)
+            self._clear()
+        logits, start = [], 0
+        for spec, order in zip(specs, orders):
+            hidden = np.empty((spec.length, self.n_embd), dtype=np.float32)
+            hidden[order] = out[start:start + spec.length]
+            start += spec.length
+            logits.append(self.head_logits(hidden[spec.out_start:], spec.head))
+        return logits
 
     def _append_hidden(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         self._L.llama_set_causal_attn(self._ctx, True)
