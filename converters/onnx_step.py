@@ -72,17 +72,12 @@ def build_step_graph(model, metadata: dict[str, str]):
             residual = p + "in"
         qkv = np.concatenate([_weight(attn.q_proj), _weight(attn.k_proj), _weight(attn.v_proj)], axis=1)
         node("MatMul", [p + "x", const(p + "qkv", qkv)], [p + "qkv_out"])
-        split = const(p + "qkv_split", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim],
-                                                 np.int64))
-        node("Split", [p + "qkv_out", split], [p + "q", p + "k", p + "v"], axis=-1)
-        node("RotaryEmbedding", [p + "q", "position_ids", "rotary.cos", "rotary.sin"], [p + "q_rot"], domain=MS,
-             interleaved=0, num_heads=heads)
-        node("RotaryEmbedding", [p + "k", "position_ids", "rotary.cos", "rotary.sin"], [p + "k_rot"], domain=MS,
-             interleaved=0, num_heads=kv_heads)
-        node("GroupQueryAttention", [p + "q_rot", p + "k_rot", p + "v", graphs.past_name(i, "key"),
-                                     graphs.past_name(i, "value"), "seqlens_k", "total_sequence_length"],
+        # packed q/k/v in, rotary from the explicit positions inside the attention kernel
+        node("GroupQueryAttention", [p + "qkv_out", "", "", graphs.past_name(i, "key"), graphs.past_name(i, "value"),
+                                     "seqlens_k", "total_sequence_length", "rotary.cos", "rotary.sin",
+                                     "position_ids"],
              [p + "attn", graphs.present_name(i, "key"), graphs.present_name(i, "value")], domain=MS,
-             num_heads=heads, kv_num_heads=kv_heads, scale=float(attn.scaling), do_rotary=0)
+             num_heads=heads, kv_num_heads=kv_heads, scale=float(attn.scaling), do_rotary=1, rotary_interleaved=0)
         node("MatMul", [p + "attn", const(p + "o", _weight(attn.o_proj))], [p + "attn_out"])
         norm_post = const(p + "post_attention_layernorm", layer.post_attention_layernorm.weight.detach().float()
                           .numpy())
