@@ -49,7 +49,7 @@ from benchmarks.bench import _timed, gguf_path, prepare as prepare_base  # noqa:
 
 AUDIO_TOKENS = 1024  # AR head rows past these are the stop token: excluded to force the length
 PHONEMES = 62
-DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-fast", "onnx-w8a8", "onnx-q8_0", "onnx-q4_128", "ggml-q8_0",
+DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-fast", "onnx-q8_0+w8a8", "onnx-w8a8", "onnx-q8_0", "ggml-q8_0",
                 "ggml-q4_k_m", "llamacpp-q4_0", "hybrid-q4_k_m+w8a8"]
 DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-fast"]
 RECOMPUTE_PROBES = 3  # torch-recompute: passes timed at the start, middle and end lengths

@@ -110,6 +110,12 @@ def test_fast_export_writes_the_pair(fast_folder):
     assert not backend.exact and "w8a8 backbone" in backend.approximation and "q4_128 AR steps" in backend.approximation
 
 
+def test_auto_picks_fast_in_a_fast_folder(fast_folder):
+    from runtimes.synthesize import pick_variant
+
+    assert pick_variant(fast_folder, "auto") == "fast"
+
+
 def test_pair_refusals(fast_folder):
     with pytest.raises(BadInput, match=r"no ar_step\.q8_0\.onnx \(exported graphs here: backbone\.w8a8\.onnx"):
         OnnxBackend(fast_folder, SessionConfig(provider="cpu", variant="q8_0+w8a8"))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from valle_export.backend_options import DEFAULT_N_CTX, ONNX_VARIANTS, BackendOptions, split_variant
+from valle_export.backend_options import (DEFAULT_N_CTX, FAST_PAIR, FAST_PRESET, ONNX_VARIANTS, BackendOptions,
+                                         split_variant)
 from valle_export import graphs, names
 from valle_export.errors import BadInput
 from valle_export.progress import Progress
@@ -97,15 +98,21 @@ def resolve_modality(modality: str, capabilities: tuple[str, ...], model_name: s
 
 def pick_variant(model: Path, variant: str) -> str:
     """An ONNX folder's variant: one of ONNX_VARIANTS, `fast`, or STEP+BACKBONE (backend_options); `auto`
-    takes the first exported backbone of fp32, fp16, int8, q8_0, q4_0, q4_128, w8a8 (the most exact first)."""
+    takes the first exported backbone of fp32, fp16, int8, q8_0, q4_0, q4_128, w8a8 (the most exact first), as
+    `fast` when that backbone is w8a8 without its own step graph but with fast's (an `--outtype fast` folder)."""
     if variant != "auto":
         try:
             split_variant(variant)
         except ValueError as err:
             raise BadInput(f"--variant: {err}") from None
         return variant
+    folder = Path(model)
     for v in VARIANTS[1:]:
-        if (Path(model) / graphs.backbone_file(v)).is_file():
+        if (folder / graphs.backbone_file(v)).is_file():
+            fast_step, fast_backbone = FAST_PAIR
+            if (v == fast_backbone and not (folder / graphs.step_file(v)).is_file()
+                    and (folder / graphs.step_file(fast_step)).is_file()):
+                return FAST_PRESET
             return v
     raise BadInput("not an exported model (a folder with backbone.onnx, or a .gguf file)", model)
 
