@@ -48,9 +48,13 @@ def test_greedy_tokens_identical(variant, gguf_export, demo_checkpoint):
 
 
 def test_cached_steps_exact(gguf_export, demo_checkpoint):
+    """90 steps: the reused step graph crosses two attention spans (runtimes.ggml_backend.STEP_SPAN)."""
+    from runtimes.ggml_backend import STEP_SPAN
+
     b, ref = pair(gguf_export, demo_checkpoint, DEMO_VARIANTS[0])
-    assert_cached_steps_close(b, ref, random_conditioning(44), 45, 12, LOGITS_REL_FP32,
+    assert_cached_steps_close(b, ref, random_conditioning(44), 45, 90, LOGITS_REL_FP32,
                               "ggml cached AR steps, GELU segmented")
+    assert b._step_graph is not None and b._step_graph.span >= 2 * STEP_SPAN, "steps did not cross a span"
 
 
 @pytest.mark.parametrize("outtype", list(QUANT_AGREEMENT))
@@ -97,3 +101,17 @@ def test_synthesis_on_ggml_matches_onnx_and_torch(tmp_path, demo_checkpoint):
     assert len(outs["ggml"]) > 0
     for other in ("onnx", "torch"):
         assert np.array_equal(outs["ggml"], outs[other]), f"ggml vs {other}: codes differ"
+
+
+def test_cached_steps_f16_kv_within_contract(gguf_export, demo_checkpoint):
+    """An f16 KV cache: the step graph's set_rows converts the new K/V to f16 in place."""
+    from reference_model.backend import TorchBackend
+    from reference_model.load import load_reference
+    from runtimes.ggml_backend import GgmlBackend
+    from valle_export import contracts
+
+    b = GgmlBackend(gguf_export(DEMO_VARIANTS[0]), kv_type="f16")
+    ref = TorchBackend(load_reference(demo_checkpoint(*DEMO_VARIANTS[0])))
+    assert not b.exact
+    assert_cached_steps_close(b, ref, random_conditioning(46), 47, 70, contracts.F16_KV_REL,
+                              "ggml cached AR steps, f16 KV")

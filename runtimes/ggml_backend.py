@@ -9,7 +9,9 @@ cache lives in persistent ggml tensors (K as [head_dim, heads, n_ctx], V transpo
 attention view needs no copy); each graph writes its new K/V into views of the cache (`ggml_cpy`) before
 attending over the first past + n positions. Graph memory comes from one `ggml_gallocr` kept for the
 backend's life: its buffer survives across passes (no page faults per step) and intermediates that are dead
-within a pass share memory.
+within a pass share memory. Cached AR steps (one position) reuse one built graph (`_StepGraph`) per span of
+STEP_SPAN positions: the new K/V go in with `ggml_set_rows` at indices given as inputs, attention runs over
+the whole span under a mask, so only the inputs change from step to step.
 
 Weights are loaded once by ggml's gguf loader into plain C memory (CPU only); every handle is owned by this
 object and freed in `close`. Shapes are validated before every call: a failed ggml assertion would abort
@@ -37,6 +39,10 @@ KV_GGML_TYPES = {"f32": 4, "f16": 2}  # KV cache type -> bytes per element
 GRAPH_NODES = 8192  # upper bound of graph nodes per pass (12 layers use ~600)
 NODES_PER_LAYER = 96  # tensor headers per layer in the meta context (~40 used), plus GLOBAL_NODES
 GLOBAL_NODES = 64
+# a cached AR step runs on a graph built once and reused while the sequence fits its attention span (a multiple
+# of STEP_SPAN positions; the mask hides the span's unused tail): building a graph from Python costs ~1.7 ms,
+# a step's compute 10-15 ms at the released shape
+STEP_SPAN = 64
 # ggml_rope_ext's YaRN arguments for plain RoPE: n_ctx_orig 0, freq_scale 1, ext_factor 0, attn_factor 1,
 # beta_fast 32, beta_slow 1 (llama.cpp's defaults; with ext_factor 0 they do not change the rotation)
 ROPE_PLAIN = dict(n_ctx_orig=0, freq_scale=1.0, ext_factor=0.0, attn_factor=1.0, beta_fast=32.0, beta_slow=1.0)
@@ -78,6 +84,7 @@ class GgmlBackend(CachedPassBackend):
         # one graph allocator for the backend's life: it keeps its buffer across passes and reuses the memory
         # of intermediates that are dead within a pass
         self._galloc = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(self._cpu))
+        self._step_graph: _StepGraph | None = None
         self._cached = 0
 
     def _load_weights(self, path: Path) -> None:
@@ -100,6 +107,9 @@ class GgmlBackend(CachedPassBackend):
         g = getattr(self, "_g", None)
         if g is None:
             return
+        if getattr(self, "_step_graph", None) is not None:
+            self._step_graph.free()
+            self._step_graph = None
         if getattr(self, "_wctx", None):
             g.ggml_free(self._wctx)
             self._wctx = None
@@ -140,6 +150,8 @@ class GgmlBackend(CachedPassBackend):
                     for _ in range(self.n_layers)]
         self._vc = [g.ggml_new_tensor_2d(self._cache_ctx, kv, self.n_ctx, self.d)
                     for _ in range(self.n_layers)]
+        for t in self._kc + self._vc:  # a step attends over a whole span: masked cells must hold finite values
+            ctypes.memset(g.ggml_get_data(t), 0, g.ggml_nbytes(t))
 
     def _meta_context(self):
         """A no_alloc context for the graph's tensor headers, on a reused buffer."""
@@ -165,8 +177,9 @@ class GgmlBackend(CachedPassBackend):
         g = self._g
         return g.ggml_mul(ctx, g.ggml_rms_norm(ctx, x, self.eps), weight)
 
-    def _attention(self, ctx, gf, x, pos, mask, layer: int, past: int, n: int):
-        """x [d, n] -> attention output [d, n]; writes this pass's K/V into the cache at `past`."""
+    def _attention(self, ctx, gf, x, pos, mask, layer: int, past: int, n: int, rows=None, span: int = 0):
+        """x [d, n] -> attention output [d, n]; writes this pass's K/V into the cache at `past`, or (a step
+        graph, n = 1) at the indices in `rows` = (k index [1], v indices [d]) and attends over `span` cells."""
         g, hd, H, d = self._g, self.head_dim, self.n_heads, self.d
         w = self._layer_weights(layer)
         q = g.ggml_reshape_3d(ctx, g.ggml_mul_mat(ctx, w(MT.ATTN_Q), x), hd, H, n)
@@ -179,11 +192,19 @@ class GgmlBackend(CachedPassBackend):
         k = g.ggml_rope_ext(ctx, k, pos, None, hd, self.rope_mode, *rope)
         kc, vc = self._kc[layer], self._vc[layer]
         knb, vnb = kc.contents.nb, vc.contents.nb
-        k_dst = g.ggml_view_3d(ctx, kc, hd, H, n, knb[1], knb[2], past * knb[2])
-        v_dst = g.ggml_view_2d(ctx, vc, n, d, vnb[1], past * vnb[0])
-        g.ggml_build_forward_expand(gf, g.ggml_cpy(ctx, k, k_dst))
-        g.ggml_build_forward_expand(gf, g.ggml_cpy(ctx, g.ggml_transpose(ctx, v), v_dst))
-        n_kv = past + n
+        if rows is None:
+            k_dst = g.ggml_view_3d(ctx, kc, hd, H, n, knb[1], knb[2], past * knb[2])
+            v_dst = g.ggml_view_2d(ctx, vc, n, d, vnb[1], past * vnb[0])
+            g.ggml_build_forward_expand(gf, g.ggml_cpy(ctx, k, k_dst))
+            g.ggml_build_forward_expand(gf, g.ggml_cpy(ctx, g.ggml_transpose(ctx, v), v_dst))
+            n_kv = past + n
+        else:  # K rows are positions; V is transposed, so its new column is d single-element rows
+            k_rows = g.ggml_view_2d(ctx, kc, hd * H, self.n_ctx, knb[2], 0)
+            v_cells = g.ggml_view_2d(ctx, vc, 1, self.n_ctx * d, vnb[0], 0)
+            g.ggml_build_forward_expand(gf, g.ggml_set_rows(ctx, k_rows, g.ggml_reshape_2d(ctx, k, hd * H, 1),
+                                                            rows[0]))
+            g.ggml_build_forward_expand(gf, g.ggml_set_rows(ctx, v_cells, g.ggml_reshape_2d(ctx, v, 1, d), rows[1]))
+            n_kv = span
         k_all = g.ggml_permute(ctx, g.ggml_view_3d(ctx, kc, hd, H, n_kv, knb[1], knb[2], 0), 0, 2, 1, 3)
         v_all = g.ggml_view_3d(ctx, vc, n_kv, hd, H, vnb[1], vnb[1] * hd, 0)  # [n_kv, hd, H]
         qp = g.ggml_permute(ctx, q, 0, 2, 1, 3)  # [hd, n, H]
@@ -198,6 +219,20 @@ class GgmlBackend(CachedPassBackend):
         act = g.ggml_geglu_erf_split(ctx, gate, up) if self.layout.hidden_act == "gelu" else \
             g.ggml_swiglu_split(ctx, gate, up)
         return g.ggml_mul_mat(ctx, w(MT.FFN_DOWN), act)
+
+    def _decoder(self, ctx, gf, x, pos, mask, past: int, n: int, rows=None, span: int = 0):
+        """The layers and the final norm on x [d, n] (an output tensor of graph `gf`)."""
+        g = self._g
+        for layer in range(self.n_layers):
+            attn = self._attention(ctx, gf, self._norm(ctx, x, self._layer_weights(layer)(MT.ATTN_NORM)),
+                                   pos, mask, layer, past, n, rows, span)
+            h = g.ggml_add(ctx, x, attn)
+            ffn = self._ffn(ctx, self._norm(ctx, h, self._layer_weights(layer)(MT.FFN_NORM)), layer)
+            x = g.ggml_add(ctx, h, ffn)
+        out = self._norm(ctx, x, self.w[tt.GGUF_OUTPUT_NORM])
+        g.ggml_set_output(out)
+        g.ggml_build_forward_expand(gf, out)
+        return out
 
     def run(self, embeds: np.ndarray, positions: np.ndarray, causal: bool, past: int = 0,
             mask: np.ndarray | None = None) -> np.ndarray:
@@ -219,15 +254,7 @@ class GgmlBackend(CachedPassBackend):
             mask = np.ascontiguousarray(seq.additive_mask(causal, n, past)[0, 0] if mask is None else mask,
                                         dtype=np.float32)
             mask = self._input(ctx, mask, g.GGML_TYPE_F32, pending)
-            for layer in range(self.n_layers):
-                attn = self._attention(ctx, gf, self._norm(ctx, x, self._layer_weights(layer)(MT.ATTN_NORM)),
-                                       pos, mask, layer, past, n)
-                h = g.ggml_add(ctx, x, attn)
-                ffn = self._ffn(ctx, self._norm(ctx, h, self._layer_weights(layer)(MT.FFN_NORM)), layer)
-                x = g.ggml_add(ctx, h, ffn)
-            out = self._norm(ctx, x, self.w[tt.GGUF_OUTPUT_NORM])
-            g.ggml_set_output(out)
-            g.ggml_build_forward_expand(gf, out)
+            out = self._decoder(ctx, gf, x, pos, mask, past, n)
             if not g.ggml_gallocr_alloc_graph(self._galloc, gf):
                 raise MemoryError("ggml could not allocate the graph")
             for tensor, array in pending:
@@ -238,6 +265,20 @@ class GgmlBackend(CachedPassBackend):
             return np.array(to_numpy(out), dtype=np.float32).reshape(n, self.d)
         finally:
             g.ggml_free(ctx)
+
+    def step(self, embeds: np.ndarray, position: int) -> np.ndarray:
+        """Final-norm hidden [1, d] of one causal position after the `_cached` cached ones, on the step graph
+        of its span (built when the sequence first reaches that span, then reused)."""
+        past = self._cached
+        if past + 1 > self.n_ctx:
+            raise BadInput(f"pass of {past + 1} positions exceeds the ggml context ({self.n_ctx}); raise n_ctx")
+        self._ensure_cache()
+        span = min(self.n_ctx, -(-(past + 1) // STEP_SPAN) * STEP_SPAN)
+        if self._step_graph is None or self._step_graph.span != span:
+            if self._step_graph is not None:
+                self._step_graph.free()
+            self._step_graph = _StepGraph(self, span)
+        return self._step_graph.compute(embeds, position, past)
 
     # --- several passes in one graph -------------------------------------------------------------------------
     def batch_logits(self, specs: list[seq.PassSpec]) -> list[np.ndarray]:
@@ -265,7 +306,68 @@ class GgmlBackend(CachedPassBackend):
         return self.run(seq.embed(self.table, spec.rows), spec.positions, spec.causal, 0)
 
     def _append_hidden(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if len(rows) == 1:
+            return self.step(seq.embed(self.table, rows), int(positions[0]))
         return self.run(seq.embed(self.table, rows), positions, True, self._cached)
 
     def _reset_cache(self) -> None:
         """The cache tensors persist; positions past `_cached` are simply overwritten."""
+
+
+class _StepGraph:
+    """One built, allocated graph for a cached AR step whose sequence fits `span` cache cells: inputs are the
+    embedding, the position, the mask over the span (0 up to the new position, -inf after), and the K / V
+    cache indices the new position is written to. Owns its tensor headers and its graph allocator (the
+    backend's allocator serves other graphs in between and may move its buffer)."""
+
+    def __init__(self, backend: GgmlBackend, span: int):
+        g = self._g = backend._g
+        self.backend, self.span = backend, span
+        need = ((backend.n_layers * NODES_PER_LAYER + GLOBAL_NODES) * g.ggml_tensor_overhead()
+                + g.ggml_graph_overhead_custom(GRAPH_NODES, False))
+        self._meta = np.zeros(need, dtype=np.uint8)
+        self.ctx = g.ggml_init(g.ggml_init_params(mem_size=self._meta.nbytes,
+                                                  mem_buffer=self._meta.ctypes.data_as(ctypes.c_void_p),
+                                                  no_alloc=True))
+        self.galloc = g.ggml_gallocr_new(g.ggml_backend_get_default_buffer_type(backend._cpu))
+        ctx, d = self.ctx, backend.d
+        self.gf = g.ggml_new_graph_custom(ctx, GRAPH_NODES, False)
+        self.x = g.ggml_new_tensor_2d(ctx, g.GGML_TYPE_F32, d, 1)
+        self.pos = g.ggml_new_tensor_1d(ctx, g.GGML_TYPE_I32, 1)
+        self.mask = g.ggml_new_tensor_2d(ctx, g.GGML_TYPE_F32, span, 1)
+        self.k_index = g.ggml_new_tensor_1d(ctx, g.GGML_TYPE_I64, 1)
+        self.v_index = g.ggml_new_tensor_1d(ctx, g.GGML_TYPE_I64, d)
+        for t in (self.x, self.pos, self.mask, self.k_index, self.v_index):
+            g.ggml_set_input(t)
+        self.out = backend._decoder(ctx, self.gf, self.x, self.pos, self.mask, 0, 1, (self.k_index, self.v_index),
+                                    span)
+        if not g.ggml_gallocr_alloc_graph(self.galloc, self.gf):
+            raise MemoryError("ggml could not allocate the step graph")
+        self._mask = np.full(span, seq.NEG_INF, dtype=np.float32)
+        self._v_cells = np.arange(d, dtype=np.int64) * backend.n_ctx  # row i of the transposed V cache
+        self._hidden = np.empty(d, dtype=np.float32)
+
+    def _set(self, tensor, array: np.ndarray) -> None:
+        ctypes.memmove(self._g.ggml_get_data(tensor), array.ctypes.data, array.nbytes)
+
+    def compute(self, embeds: np.ndarray, position: int, past: int) -> np.ndarray:
+        g = self._g
+        self._mask[:past + 1] = 0.0
+        self._mask[past + 1:] = seq.NEG_INF
+        self._set(self.x, np.ascontiguousarray(embeds, dtype=np.float32))
+        self._set(self.pos, np.array([position], dtype=np.int32))
+        self._set(self.mask, self._mask)
+        self._set(self.k_index, np.array([past], dtype=np.int64))
+        self._set(self.v_index, self._v_cells + past)
+        g.ggml_backend_graph_compute(self.backend._cpu, self.gf)
+        ctypes.memmove(self._hidden.ctypes.data, g.ggml_get_data(self.out), self._hidden.nbytes)
+        return self._hidden[None].copy()
+
+    def free(self) -> None:
+        g = self._g
+        if self.galloc:
+            g.ggml_gallocr_free(self.galloc)
+            self.galloc = None
+        if self.ctx:
+            g.ggml_free(self.ctx)
+            self.ctx = None
