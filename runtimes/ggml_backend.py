@@ -208,6 +208,8 @@ class GgmlBackend(CachedPassBackend):
         k_all = g.ggml_permute(ctx, g.ggml_view_3d(ctx, kc, hd, H, n_kv, knb[1], knb[2], 0), 0, 2, 1, 3)
         v_all = g.ggml_view_3d(ctx, vc, n_kv, hd, H, vnb[1], vnb[1] * hd, 0)  # [n_kv, hd, H]
         qp = g.ggml_permute(ctx, q, 0, 2, 1, 3)  # [hd, n, H]
+        if n > 1:  # a long pass: one copy into contiguous layouts pays for itself in the two matmuls (~13 %)
+            k_all, qp = g.ggml_cont(ctx, k_all), g.ggml_cont(ctx, qp)
         scores = g.ggml_soft_max_ext(ctx, g.ggml_mul_mat(ctx, k_all, qp), mask, 1.0 / math.sqrt(hd), 0.0)
         out = g.ggml_cont(ctx, g.ggml_permute(ctx, g.ggml_mul_mat(ctx, v_all, scores), 0, 2, 1, 3))  # [hd, H, n]
         return g.ggml_mul_mat(ctx, w(MT.ATTN_OUT), g.ggml_reshape_2d(ctx, out, d, n))
