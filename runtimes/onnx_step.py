@@ -24,6 +24,8 @@ class StepCache:
         self.length = int(past[0].shape[2])
         self.buffers = [self._buffer(p, self.length + reserve) for p in past]
         self._values: list | None = None  # OrtValues over the buffers (made once per capacity)
+        self.binding = None  # the step graph's IOBinding with the buffers bound (made once per capacity)
+        self.binding_owner = None  # the runner that made it
 
     @staticmethod
     def _buffer(past: np.ndarray, capacity: int) -> np.ndarray:
@@ -46,7 +48,7 @@ class StepCache:
 
         if self.length + 1 > self.capacity:
             self.buffers = [self._buffer(b[:, :, :self.length], 2 * self.capacity) for b in self.buffers]
-            self._values = None
+            self._values = self.binding = None
         if self._values is None:
             self._values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]
         return self._values
@@ -62,19 +64,23 @@ class StepRunner:
         self.hidden = np.zeros((1, 1, hidden_size), dtype=np.float32)
 
     def step(self, cache: StepCache, embeds: np.ndarray, position: int) -> np.ndarray:
-        """Final-norm hidden [1, d] of one new position (embedding sum `embeds` [d]) appended to `cache`."""
+        """Final-norm hidden [1, d] of one new position (embedding sum `embeds` [d]) appended to `cache`.
+        The cache buffers and the output stay bound from step to step; only the four small inputs change."""
         import onnxruntime as ort
 
         values = cache.ortvalues()
-        binding = self.session.io_binding()
+        binding = cache.binding
+        if binding is None or cache.binding_owner is not self:
+            binding = cache.binding = self.session.io_binding()
+            cache.binding_owner = self
+            for (past, present), value in zip(self.names, values):
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+            binding.bind_ortvalue_output("last_hidden_state", ort.OrtValue.ortvalue_from_numpy(self.hidden))
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32).reshape(1, 1, -1))
         binding.bind_cpu_input("position_ids", np.array([[position]], dtype=np.int64))
         binding.bind_cpu_input("seqlens_k", np.array([cache.length], dtype=np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(cache.length + 1, dtype=np.int32))
-        for (past, present), value in zip(self.names, values):
-            binding.bind_ortvalue_input(past, value)
-            binding.bind_ortvalue_output(present, value)
-        binding.bind_ortvalue_output("last_hidden_state", ort.OrtValue.ortvalue_from_numpy(self.hidden))
         self.session.run_with_iobinding(binding)
         cache.length += 1
         return self.hidden[0].copy()
