@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from . import __version__, names, options as opt
-from .backend_options import DEFAULT_N_CTX, KV_TYPES, ONNX_OUTTYPES, ONNX_VARIANTS, RUNTIME_BACKENDS, BackendOptions
+from .backend_options import (DEFAULT_N_CTX, KV_TYPES, ONNX_OUTTYPES, ONNX_VARIANTS, RUNTIME_BACKENDS, BackendOptions,
+                              split_variant)
 from .errors import PENDING_SIGNALS, Interrupted, ValleExportError
 from .extras import missing_extra
 from .paths import FolderKind, check_output
@@ -139,6 +140,16 @@ lora_option = click.option("--lora", type=click.Path(path_type=Path), default=No
                                 "W + (alpha/rank) B A on q, v, o, gate, up, down.")
 # Existing folders each export refuses to write into (an export never lands in a checkpoint folder).
 _NOT_FOR_UNIFORM = (FolderKind.CHECKPOINT, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
+def _variant_word(ctx, param, value: str) -> str:
+    """--variant checked at parse time (one usage line before any work): auto, a variant, fast, or a pair."""
+    if value != "auto":
+        try:
+            split_variant(value)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+    return value
+
+
 _NOT_FOR_ONNX = (FolderKind.CHECKPOINT, FolderKind.UNIFORM, FolderKind.HF_CODEC)
 _NOT_FOR_CHECKPOINT = (FolderKind.UNIFORM, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
 
@@ -321,7 +332,7 @@ def gguf_lora_cmd(lora: Path, base: Path, out: Path, quiet: bool) -> None:
 @click.option("--backend", type=click.Choice(["auto", *RUNTIME_BACKENDS, "torch"]), default="auto",
               show_default=True,
               help="auto: onnx for a folder, llamacpp for a .gguf (ggml: the exact graph on the same file).")
-@click.option("--variant", default="auto", show_default=True, metavar="VARIANT",
+@click.option("--variant", default="auto", show_default=True, metavar="VARIANT", callback=_variant_word,
               help=f"ONNX variant: one of {', '.join(ONNX_VARIANTS)}; fast (AR steps on ar_step.q4_128.onnx, "
                    "every other pass on backbone.w8a8.onnx: the fastest on CPU); or STEP+BACKBONE to pair any two "
                    "(also the NAR half of a GGUF+ONNX folder); auto: the first exported of " + ", ".join(ONNX_VARIANTS)
@@ -440,7 +451,7 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
 @click.option("--backend", type=click.Choice(["auto", "onnx", "llamacpp", "ggml"]), default="auto",
               show_default=True,
               help="onnx batches concurrent requests; llamacpp and ggml run one sentence at a time.")
-@click.option("--variant", default="auto", show_default=True, metavar="VARIANT",
+@click.option("--variant", default="auto", show_default=True, metavar="VARIANT", callback=_variant_word,
               help="ONNX variant, as for synthesize (fast, STEP+BACKBONE, or one variant).")
 @click.option("--codec", "codec_dir", type=click.Path(path_type=Path), default=None,
               help="Folder with the EnCodec graphs (default: beside MODEL).")
