@@ -34,7 +34,7 @@ from valle_export.progress import Progress
 from reference_model.model import UniformValleModel
 
 from .onnx_quant import quantize_graph
-from .onnx_step import build_step_graph
+from .onnx_step import HEAD_DIM_MULTIPLE, build_step_graph, step_graph_supported
 
 EXTERNAL_DATA_BYTES = 256 << 20  # graphs with more weight bytes than this keep them in a .onnx.data file
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -191,7 +191,11 @@ def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype:
     if not 18 <= opset <= 23:
         raise BadInput(f"--opset {opset}: supported opsets are 18..23")
     name = graphs.backbone_file(variant)
-    step_name = None if step_variant == "fp16" else graphs.step_file(step_variant)
+    if step_variant != variant and not step_graph_supported(model):
+        raise BadInput(f"--outtype {quantize}: head size {model.llama.config.head_dim} is not a multiple of "
+                       f"{HEAD_DIM_MULTIPLE}, so this model has no AR step graph to pair; export one variant")
+    step_name = (graphs.step_file(step_variant) if step_variant != "fp16" and step_graph_supported(model)
+                 else None)
     with atomic_dir(out_dir) as tmp:
         work = Path(tempfile.mkdtemp(dir=tmp, prefix=".work"))
         progress.stage(f"exporting backbone ({dtype}, opset {opset}, {model.cfg.n_layers} layers)")

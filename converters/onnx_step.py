@@ -21,6 +21,12 @@ import numpy as np
 from valle_export import graphs
 
 MS = "com.microsoft"
+HEAD_DIM_MULTIPLE = 8  # onnxruntime's GroupQueryAttention needs head_size % 8 == 0
+
+
+def step_graph_supported(model) -> bool:
+    """Whether the step graph can run this model (else its folder steps on the backbone)."""
+    return model.llama.config.head_dim % HEAD_DIM_MULTIPLE == 0
 
 
 def _weight(linear) -> np.ndarray:

@@ -92,7 +92,9 @@ def test_bad_onnx_inputs(tmp_path, demo_checkpoint, onnx_export):
 
     with pytest.raises(BadInput, match="onnxruntime cannot load the graph"):
         OnnxBackend(bad, SessionConfig(provider="cpu"))
-    with pytest.raises(BadInput, match="no backbone.fp8.onnx"):
+    with pytest.raises(BadInput, match="ONNX variant 'fp8' is not one of"):
         OnnxBackend(onnx_export(), SessionConfig(provider="cpu", variant="fp8"))
+    with pytest.raises(BadInput, match=r"no backbone\.q4_128\.onnx"):  # a known variant this folder lacks
+        OnnxBackend(onnx_export(), SessionConfig(provider="cpu", variant="q4_128"))
     with pytest.raises(BadInput, match="not available"):
         OnnxBackend(onnx_export(), SessionConfig(provider="tensorrt"))
