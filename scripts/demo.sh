@@ -39,9 +39,9 @@ echo "== 6. llama.cpp on a SiLU model of the same shape (arch qwen2vl: exact) ==
 valle-export gguf demo/ckpt-silu -o demo/model/silu.f16.gguf --outtype f16 -q
 valle-export synthesize demo/model/silu.f16.gguf --text "$TEXT" --out demo/llamacpp-silu.wav --seed 0 \
     --max-duration 4
-echo "== 7. the fastest CPU pair (4-bit AR step graph + integer-GEMM NAR): approximate, 3-4x faster =="
+echo "== 7. the fastest CPU pair (4-bit AR step graph + integer-GEMM NAR, AR+NAR): approximate, 3-4x faster =="
 valle-export onnx demo/ckpt -o demo/fast --outtype fast -q
 valle-export encodec demo/fast -q
 valle-export vocos -o demo/fast -q
-valle-export synthesize demo/fast --text "$TEXT" --out demo/fast.wav --seed 0 --max-duration 4
+valle-export synthesize demo/fast --text "$TEXT" --out demo/fast.wav --seed 0 --max-duration 4 --modality ar+nar
 echo "WAVs: $(ls demo/*.wav | tr '\n' ' ')"
