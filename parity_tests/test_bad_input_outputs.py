@@ -189,3 +189,30 @@ def test_stale_temps_are_swept_on_the_next_write(tmp_path, ckpt, command):
     assert r.exit_code == 0, r.output
     assert not dead.exists() and not old.exists(), "stale temps were not swept"
     assert live.exists() and young.exists(), "a temp that may belong to a running writer was removed"
+
+
+def test_interrupt_inside_a_destructor_prints_no_traceback(capsys):
+    """A signal landing in a `__del__` cannot unwind; the CLI's unraisable hook keeps it quiet (the command
+    still cancels before committing: PENDING_SIGNALS), while any other unraisable error is still printed."""
+    import sys
+
+    from valle_export.cli import _quiet_unraisable
+    from valle_export.errors import Interrupted
+
+    class RaisesOnDelete:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    old, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
+    try:
+        RaisesOnDelete(Interrupted(15))  # freed at once: its __del__ raises into the hook
+        quiet = capsys.readouterr().err
+        RaisesOnDelete(ValueError("boom"))
+        loud = capsys.readouterr().err
+    finally:
+        sys.unraisablehook = old
+    assert quiet == "", quiet
+    assert "boom" in loud and "Traceback" in loud, loud

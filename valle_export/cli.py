@@ -77,6 +77,15 @@ def _raise_interrupted(signum, frame) -> None:
 _CLEANUP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
+def _quiet_unraisable(unraisable) -> None:
+    """An interrupt that lands inside a `__del__` cannot unwind (Python prints it as "Exception ignored" with
+    a traceback): it is already in PENDING_SIGNALS, so the command still cancels before it commits anything and
+    exits with the signal's code; say nothing more here."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 @contextlib.contextmanager
 def _cleanup_on_signals():
     """Install `_raise_interrupted` for SIGTERM and SIGHUP (main thread only), restoring the old handlers."""
@@ -84,9 +93,11 @@ def _cleanup_on_signals():
         old = {sig: signal.signal(sig, _raise_interrupted) for sig in _CLEANUP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
         old = {}
+    old_hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = old_hook
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
