@@ -134,3 +134,20 @@ def test_fast_synthesizes(fast_folder, tmp_path):
     summary = json.loads(r.output.strip().splitlines()[-1])
     assert summary["frames"] > 0 and not summary["exact"] and "q4_128" in summary["approximation"], summary
     assert (tmp_path / "a.wav").stat().st_size > 44
+
+
+def test_foreign_or_wrong_step_graph_is_refused(folder, onnx_export, tmp_path):
+    """A step graph copied in from another model's export, or a backbone renamed into its place, is refused
+    in one line naming the file (the folder's layout and weights fingerprint are checked as for a backbone)."""
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    shutil.copyfile(onnx_export(DEMO_VARIANTS[1]) / graphs.STEP_FILE, mixed / graphs.STEP_FILE)
+    with pytest.raises(BadInput, match=r"ar_step\.onnx: .*comes from another model"):
+        OnnxBackend(mixed, SessionConfig(provider="cpu"))
+    shutil.copyfile(folder / graphs.BACKBONE_FILE, mixed / graphs.STEP_FILE)
+    for data in folder.glob("backbone.onnx.data"):
+        shutil.copyfile(data, mixed / data.name)
+    with pytest.raises(BadInput, match=r"ar_step\.onnx: graph inputs/outputs do not match the AR step spec"):
+        OnnxBackend(mixed, SessionConfig(provider="cpu"))
