@@ -139,29 +139,6 @@ def _save(proto, path: Path) -> None:
         onnx.save_model(proto, str(path))
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 (MatMul weights, per-tensor) with onnxruntime's quantizer; metadata carried over."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint through the root logger
-    try:
-        # the step graph's contrib operators have no ONNX shape inference: their outputs are float
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         use_external_data_format=False, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        root.setLevel(level)
-    proto = onnx.load(str(dst))
-    del proto.metadata_props[:]
-    meta[graphs.META_DTYPE] = "int8"
-    for k, v in meta.items():
-        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    _save(proto, dst)
-
-
 def save_runtime_weights(model: UniformValleModel, path: Path) -> None:
     from safetensors.torch import save_file
 

@@ -14,11 +14,49 @@ onnxruntime.quantization (never torch).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 from valle_export import graphs
 from valle_export.backend_options import WEIGHT_ONLY_VARIANTS
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """onnxruntime's quantizers log every node they visit (and pre-processing hints) through the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _save_as_variant(proto, source_meta: dict[str, str], variant: str, dst: Path) -> None:
+    """Save the quantized `proto` at `dst` with the source graph's metadata, its dtype set to `variant`."""
+    import onnx
+
+    from .onnx_export import _save  # (onnx_export imports this module at load)
+
+    del proto.metadata_props[:]
+    for k, v in {**source_meta, graphs.META_DTYPE: variant}.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    _save(proto, dst)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 (MatMul weights, per-tensor) with onnxruntime's quantizer; metadata carried over."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    with _quiet_root_logger():
+        # the step graph's contrib operators have no ONNX shape inference: their outputs are float
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                         use_external_data_format=False, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    _save_as_variant(onnx.load(str(dst)), meta, "int8", dst)
+
 
 # MatMulNBits' compute type: 4 = int8 activations (per row, per block) with integer dot products, the fast
 # CPU path; 0 would dequantize weights to fp32 first
@@ -37,23 +75,11 @@ def quantize_weight_only(src: Path, dst: Path, variant: str) -> None:
     bits, block = WEIGHT_ONLY_VARIANTS[variant]
     config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=ACCURACY_LEVEL,
                                           bits=bits)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs every node it visits through the root logger
-    try:
+    with _quiet_root_logger():
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True,
                                          accuracy_level=ACCURACY_LEVEL, algo_config=config)
         quantizer.process()
-    finally:
-        root.setLevel(level)
-    proto = quantizer.model.model
-    del proto.metadata_props[:]
-    meta[graphs.META_DTYPE] = variant
-    for k, v in meta.items():
-        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    from .onnx_export import _save
-
-    _save(proto, dst)
+    _save_as_variant(quantizer.model.model, meta, variant, dst)
 
 
 # --- w8a8: int8 weights per output column, int8 activations per row, integer GEMMs ---------------------------
@@ -130,14 +156,7 @@ def quantize_w8a8(src: Path, dst: Path) -> None:
     graph.initializer.extend(kept + consts)
     del graph.node[:]
     graph.node.extend(nodes)
-    meta = {p.key: p.value for p in model.metadata_props}
-    del model.metadata_props[:]
-    meta[graphs.META_DTYPE] = W8A8
-    for k, v in meta.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    from .onnx_export import _save
-
-    _save(model, dst)
+    _save_as_variant(model, {p.key: p.value for p in model.metadata_props}, W8A8, dst)
 
 
 def quantize_graph(src: Path, dst: Path, variant: str) -> None:
@@ -147,8 +166,6 @@ def quantize_graph(src: Path, dst: Path, variant: str) -> None:
     elif variant in WEIGHT_ONLY_VARIANTS:
         quantize_weight_only(src, dst, variant)
     elif variant == "int8":
-        from .onnx_export import quantize_int8
-
         quantize_int8(src, dst)
     else:
         raise ValueError(f"no quantizer for variant {variant!r}")
