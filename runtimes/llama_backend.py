@@ -298,40 +298,20 @@ class LlamaCppBackend(CachedPassBackend):
     # --- pass plumbing hooks (valle_export.backend_base) -------------------------------------------------
     def _full_hidden(self, spec: seq.PassSpec) -> np.ndarray:
         """Final-norm hidden states [L, d] of a full pass on a cleared cache, in sequence order."""
+        if not spec.causal:
+            return self._bidirectional([spec])[0]
         self._clear()
-        embeds = seq.embed(self.table, spec.rows)
+        self._L.llama_set_causal_attn(self._ctx, True)
+        return self._causal(seq.embed(self.table, spec.rows), spec.positions, 0)
+
+    def _bidirectional(self, specs: list[seq.PassSpec]) -> list[np.ndarray]:
+        """Hidden states [L, d] (sequence order) of bidirectional full passes in ONE decode on a cleared cache,
+        spec k as sequence k: llama.cpp's mask keeps each sequence to its own cells. Each spec is fed sorted by
+        position (qwen2vl files: in sequence order)."""
+        self._clear()
         L = self._L
-        if spec.causal:
-            L.llama_set_causal_attn(self._ctx, True)
-            return self._causal(embeds, spec.positions, 0)
         L.llama_set_causal_attn(self._ctx, False)
         try:
-            if self.mrope:
-                return self._decode(embeds, spec.positions, 0)
-            order = np.argsort(spec.positions, kind="stable")
-            out = np.empty((spec.length, self.n_embd), dtype=np.float32)
-            out[order] = self._decode(embeds[order], spec.positions[order], 0)
-            return out
-        finally:
-            L.llama_set_causal_attn(self._ctx, True)
-            self._clear()
-
-    # --- several passes in one batch ---------------------------------------------------------------------------
-    def batch_logits(self, specs: list[seq.PassSpec]) -> list[np.ndarray]:
-        """Full bidirectional passes of several specs (a guided pair: NAR-len's conditional and guidance-free
-        pass, or a guided NAR level) in ONE llama_decode, spec k as sequence k: llama.cpp's mask keeps each
-        sequence to its own cells, and every weight is read once for all. Causal specs (relabelled per
-        sequence 0) and batches past the context run one at a time."""
-        total = sum(s.length for s in specs)
-        if (len(specs) > BATCHED_SEQUENCES or any(s.causal for s in specs) or len(specs) < 2
-                or total > self.config.n_ctx):
-            return [self.logits(s) for s in specs]
-        for spec in specs:
-            self._check_pass(spec)
-        self._clear()
-        L = self._L
-        L.llama_set_causal_attn(self._ctx, False)
-        try:  # each spec sorted by position, as a single bidirectional pass is
             orders = [np.arange(s.length) if self.mrope else np.argsort(s.positions, kind="stable") for s in specs]
             out = self._decode(np.concatenate([seq.embed(self.table, s.rows)[o] for s, o in zip(specs, orders)]),
                                np.concatenate([s.positions[o] for s, o in zip(specs, orders)]), 0,
@@ -339,13 +319,26 @@ class LlamaCppBackend(CachedPassBackend):
         finally:
             L.llama_set_causal_attn(self._ctx, True)
             self._clear()
-        logits, start = [], 0
+        hidden, start = [], 0
         for spec, order in zip(specs, orders):
-            hidden = np.empty((spec.length, self.n_embd), dtype=np.float32)
-            hidden[order] = out[start:start + spec.length]
+            h = np.empty((spec.length, self.n_embd), dtype=np.float32)
+            h[order] = out[start:start + spec.length]
             start += spec.length
-            logits.append(self.head_logits(hidden[spec.out_start:], spec.head))
-        return logits
+            hidden.append(h)
+        return hidden
+
+    # --- several passes in one batch ---------------------------------------------------------------------------
+    def batch_logits(self, specs: list[seq.PassSpec]) -> list[np.ndarray]:
+        """Full bidirectional passes of several specs (a guided pair: NAR-len's conditional and guidance-free
+        pass, or a guided NAR level) in ONE llama_decode (`_bidirectional`): every weight is read once for all.
+        Causal specs (relabelled per sequence 0) and batches past the context run one at a time."""
+        total = sum(s.length for s in specs)
+        if (len(specs) > BATCHED_SEQUENCES or any(s.causal for s in specs) or len(specs) < 2
+                or total > self.config.n_ctx):
+            return [self.logits(s) for s in specs]
+        for spec in specs:
+            self._check_pass(spec)
+        return [self.head_logits(h[s.out_start:], s.head) for h, s in zip(self._bidirectional(specs), specs)]
 
     def _append_hidden(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         self._L.llama_set_causal_attn(self._ctx, True)
