@@ -48,6 +48,18 @@ STEP_SPAN = 64
 ROPE_PLAIN = dict(n_ctx_orig=0, freq_scale=1.0, ext_factor=0.0, attn_factor=1.0, beta_fast=32.0, beta_slow=1.0)
 
 
+def _meta_bytes(g, n_layers: int) -> int:
+    """Bytes of tensor headers and graph bookkeeping one decoder graph needs (no tensor data)."""
+    return ((n_layers * NODES_PER_LAYER + GLOBAL_NODES) * g.ggml_tensor_overhead()
+            + g.ggml_graph_overhead_custom(GRAPH_NODES, False))
+
+
+def _headers_context(g, buffer: np.ndarray):
+    """A no_alloc ggml context whose tensor headers live in `buffer` (kept alive by the caller)."""
+    return g.ggml_init(g.ggml_init_params(mem_size=buffer.nbytes, mem_buffer=buffer.ctypes.data_as(ctypes.c_void_p),
+                                          no_alloc=True))
+
+
 class GgmlBackend(CachedPassBackend):
     name = "ggml"
 
@@ -155,13 +167,10 @@ class GgmlBackend(CachedPassBackend):
 
     def _meta_context(self):
         """A no_alloc context for the graph's tensor headers, on a reused buffer."""
-        g = self._g
-        need = ((self.n_layers * NODES_PER_LAYER + GLOBAL_NODES) * g.ggml_tensor_overhead()
-                + g.ggml_graph_overhead_custom(GRAPH_NODES, False))
+        need = _meta_bytes(self._g, self.n_layers)
         if self._meta is None or self._meta.nbytes < need:
             self._meta = np.zeros(need, dtype=np.uint8)
-        return g.ggml_init(g.ggml_init_params(mem_size=self._meta.nbytes,
-                                              mem_buffer=self._meta.ctypes.data_as(ctypes.c_void_p), no_alloc=True))
+        return _headers_context(self._g, self._meta)
 
     def _input(self, ctx, array: np.ndarray, gtype: int, pending: list):
         """A graph input for `array` (numpy shape = ggml dims reversed); its data is copied after allocation."""
@@ -325,12 +334,8 @@ class _StepGraph:
     def __init__(self, backend: GgmlBackend, span: int):
         g = self._g = backend._g
         self.backend, self.span = backend, span
-        need = ((backend.n_layers * NODES_PER_LAYER + GLOBAL_NODES) * g.ggml_tensor_overhead()
-                + g.ggml_graph_overhead_custom(GRAPH_NODES, False))
-        self._meta = np.zeros(need, dtype=np.uint8)
-        self.ctx = g.ggml_init(g.ggml_init_params(mem_size=self._meta.nbytes,
-                                                  mem_buffer=self._meta.ctypes.data_as(ctypes.c_void_p),
-                                                  no_alloc=True))
+        self._meta = np.zeros(_meta_bytes(g, backend.n_layers), dtype=np.uint8)  # its own: it outlives passes
+        self.ctx = _headers_context(g, self._meta)
         self.galloc = g.ggml_gallocr_new(g.ggml_backend_get_default_buffer_type(backend._cpu))
         ctx, d = self.ctx, backend.d
         self.gf = g.ggml_new_graph_custom(ctx, GRAPH_NODES, False)
