@@ -22,6 +22,7 @@ from valle_export import contracts, graphs, names, sequence as seq
 from valle_export.cli import main
 from valle_export.errors import BadInput
 
+from .backend_checks import assert_cached_steps_close
 from .conftest import DEMO_VARIANTS, random_conditioning
 
 
@@ -50,16 +51,9 @@ def test_fp32_steps_match_the_reference(folder, demo_checkpoint):
     backend = OnnxBackend(folder, SessionConfig(provider="cpu"))
     assert backend.step_runner is not None and backend.exact
     ref = TorchBackend(load_reference(demo_checkpoint(*DEMO_VARIANTS[0])))
-    cond = random_conditioning(1)
-    spec = seq.ar_pass(backend.layout, cond.phn, cond.lang, cond.prompt, [])
-    got, want = [backend.prefill(spec)], [ref.prefill(spec)]
-    for code in np.random.default_rng(1).integers(0, 1024, 40):
-        spec = seq.extend(backend.layout, spec, names.HEAD_AR, [int(code)])
-        got.append(backend.extend(spec))
-        want.append(ref.extend(spec))
-    assert isinstance(backend._past, StepCache) and backend._past.length == spec.length
-    err = contracts.rel_error(np.stack(got), np.stack(want))
-    assert contracts.within(err, contracts.LOGITS_REL_EXACT), f"step graph vs torch: {err:.2e}"
+    assert_cached_steps_close(backend, ref, random_conditioning(1), 1, 40, contracts.LOGITS_REL_EXACT,
+                              "ONNX step graph vs torch, cached AR steps")
+    assert isinstance(backend._past, StepCache) and backend._past.length == backend._cached
 
 
 @pytest.mark.parametrize("guidance", [0.0, 3.0], ids=["plain", "guided"])

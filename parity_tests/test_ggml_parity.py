@@ -102,16 +102,3 @@ def test_synthesis_on_ggml_matches_onnx_and_torch(tmp_path, demo_checkpoint):
     for other in ("onnx", "torch"):
         assert np.array_equal(outs["ggml"], outs[other]), f"ggml vs {other}: codes differ"
 
-
-def test_cached_steps_f16_kv_within_contract(gguf_export, demo_checkpoint):
-    """An f16 KV cache: the step graph's set_rows converts the new K/V to f16 in place."""
-    from reference_model.backend import TorchBackend
-    from reference_model.load import load_reference
-    from runtimes.ggml_backend import GgmlBackend
-    from valle_export import contracts
-
-    b = GgmlBackend(gguf_export(DEMO_VARIANTS[0]), kv_type="f16")
-    ref = TorchBackend(load_reference(demo_checkpoint(*DEMO_VARIANTS[0])))
-    assert not b.exact
-    assert_cached_steps_close(b, ref, random_conditioning(46), 47, 70, contracts.F16_KV_REL,
-                              "ggml cached AR steps, f16 KV")
