@@ -245,6 +245,12 @@ class GgmlBackend(CachedPassBackend):
         g.ggml_build_forward_expand(gf, out)
         return out
 
+    def _ready_for(self, positions: int) -> None:
+        """Refuse a pass that would not fit the context (one line), then make sure the cache exists."""
+        if positions > self.n_ctx:
+            raise BadInput(f"pass of {positions} positions exceeds the ggml context ({self.n_ctx}); raise n_ctx")
+        self._ensure_cache()
+
     def run(self, embeds: np.ndarray, positions: np.ndarray, causal: bool, past: int = 0,
             mask: np.ndarray | None = None) -> np.ndarray:
         """Final-norm hidden [n, d] for `embeds` placed after `past` cached positions (written to the cache).
@@ -253,9 +259,7 @@ class GgmlBackend(CachedPassBackend):
         n = len(embeds)
         if embeds.shape != (n, self.d) or len(positions) != n or n == 0:
             raise ValueError(f"bad pass shapes: embeds {embeds.shape}, positions {len(positions)}")
-        if past + n > self.n_ctx:
-            raise BadInput(f"pass of {past + n} positions exceeds the ggml context ({self.n_ctx}); raise n_ctx")
-        self._ensure_cache()
+        self._ready_for(past + n)
         ctx = self._meta_context()
         pending = []
         try:
@@ -281,9 +285,7 @@ class GgmlBackend(CachedPassBackend):
         """Final-norm hidden [1, d] of one causal position after the `_cached` cached ones, on the step graph
         of its span (built when the sequence first reaches that span, then reused)."""
         past = self._cached
-        if past + 1 > self.n_ctx:
-            raise BadInput(f"pass of {past + 1} positions exceeds the ggml context ({self.n_ctx}); raise n_ctx")
-        self._ensure_cache()
+        self._ready_for(past + 1)
         span = min(self.n_ctx, -(-(past + 1) // STEP_SPAN) * STEP_SPAN)
         if self._step_graph is None or self._step_graph.span != span:
             if self._step_graph is not None:
