@@ -69,5 +69,5 @@ def _cached_steps(backend, rows: np.ndarray, pos: np.ndarray, start: int, reserv
     backend._past, backend._cached = None, 0
     backend._append_hidden(rows[:start], pos[:start])
     if reserve is not None:
-        backend._past = StepCache(backend._past, reserve)
+        backend._past = StepCache.from_past(backend._past, reserve)
     return np.concatenate([backend._append_hidden(rows[i:i + 1], pos[i:i + 1]) for i in range(start, len(rows))])

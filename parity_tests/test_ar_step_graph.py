@@ -73,7 +73,7 @@ def test_regrowth_and_multi_position_extend(folder):
     codes = [int(c) for c in np.random.default_rng(3).integers(0, 1024, 12)]
     spec = seq.ar_pass(backend.layout, cond.phn, cond.lang, cond.prompt, [])
     got, want = [backend.prefill(spec)], [plain.prefill(spec)]
-    backend._past = StepCache(backend._past, reserve=1)
+    backend._past = StepCache.from_past(backend._past, reserve=1)
     for step in [codes[i:i + 1] for i in range(8)] + [codes[8:11], codes[11:12]]:  # steps, 3 at once, a step
         spec = seq.extend(backend.layout, spec, names.HEAD_AR, step)
         got.append(backend.extend(spec))

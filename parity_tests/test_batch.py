@@ -122,3 +122,68 @@ def test_sampled_and_guided_rows_keep_their_own_generators(backend):
     rows = [ArRow(c, 30, s, np.random.default_rng(i), g) for i, (c, (s, g)) in enumerate(zip(conds, settings))]
     for i, (a, t) in enumerate(zip(alone, _batched_ar(backend, rows, join_every=2))):
         assert np.array_equal(a, t), f"row {i}: alone {a[:8]}.. batched {t[:8]}.."
+
+
+# --- cached steps of a batch on the ONNX step graph (issue 22) ---------------------------------------------------
+def test_batched_steps_run_on_the_step_graph(backend, monkeypatch):
+    """After the rows' prefill (one backbone call per admission), every step is ONE step-graph call with the
+    KV written in place; rows of different lengths join late, retire early and outgrow the buffers (the
+    reserve is cut to 2 positions), and each row's greedy codes stay identical to its run alone."""
+    from runtimes import onnx_step
+
+    assert backend.step_runner is not None, "the demo export has an AR step graph"
+    monkeypatch.setattr(onnx_step, "BATCH_FREE", 2)
+    calls = {"backbone": 0, "step": 0}
+    run, run_bound = backend.session.run, backend.step_runner.session.run_with_iobinding
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(backend.session, "run", counted("backbone", run), raising=False)
+    monkeypatch.setattr(backend.step_runner.session, "run_with_iobinding", counted("step", run_bound), raising=False)
+    conds = _conds(4)
+    frames = [12, 30, 20, 30]
+    batch, waiting, steps, admits, capacities = ArBatch(backend), list(range(4)), 0, 0, set()
+    rows = [ArRow(c, n) for c, n in zip(conds, frames)]
+    while waiting or len(batch):
+        joining = [rows[i] for i in waiting if i * 4 <= steps]
+        waiting = [i for i in waiting if i * 4 > steps]
+        admits += bool(joining)
+        batch.admit(joining)
+        if len(batch):
+            batch.step()
+            steps += 1
+            if batch.cache is not None:
+                assert isinstance(batch.cache, onnx_step.StepCache), type(batch.cache)
+                capacities.add(batch.cache.capacity)
+    assert calls == {"backbone": admits, "step": steps}, f"{calls}: {admits} admissions, {steps} steps"
+    assert len(capacities) > 2, f"the buffers never grew: capacities {sorted(capacities)}"
+    backend.step_runner.session.run_with_iobinding = run_bound
+    for i, (c, n, r) in enumerate(zip(conds, frames, rows)):
+        alone = generate_ar(backend, c, n)
+        assert np.array_equal(alone, r.result), f"row {i}: alone {alone[:8]}.. batched {r.result[:8]}.."
+
+
+def test_step_cache_moves_rows_from_a_padded_batch_cache(backend):
+    """A padded batch cache (gaps after shorter prefills) becomes step buffers holding each row's valid
+    columns first, and comes back unchanged; take / joined keep each row's positions."""
+    from runtimes.onnx_step import StepCache
+
+    rng = np.random.default_rng(0)
+    valid = np.array([[True, True, False, True], [True, False, False, False], [True, True, True, True]])
+    kv = [rng.standard_normal((3, 2, 4, 8)).astype(np.float32) for _ in range(4)]
+    step = StepCache.from_batch_cache(BatchCache(kv, valid))
+    assert step.lengths.tolist() == [3, 1, 4] and step.capacity >= 4
+    for r in range(3):
+        cols = np.flatnonzero(valid[r])
+        for a, b in zip(kv, step.buffers):
+            assert np.array_equal(b[r, :, :len(cols)], a[r][:, cols]), f"row {r}"
+    back = step.as_batch_cache()
+    assert back.lengths().tolist() == [3, 1, 4] and back.valid[0].tolist() == [True, True, True, False]
+    picked = step.take([2, 1]).joined(BatchCache(kv, valid).take([0]))
+    assert picked.lengths.tolist() == [4, 1, 3]
+    assert np.array_equal(picked.buffers[1][2, :, :3], kv[1][0][:, [0, 1, 3]])
+    assert np.array_equal(picked.buffers[0][0, :, :4], kv[0][2])

@@ -83,6 +83,8 @@ class ArBatch:
     def __init__(self, backend):
         self.backend, self.layout = backend, backend.layout
         self.rows: list[ArRow] = []
+        # the backend's cache of every stream: a BatchCache, or a cache of its own with the same rows / take /
+        # joined / nbytes (ONNX's StepCache once rows step on its step graph)
         self.cache: BatchCache | None = None
 
     def __len__(self) -> int:
@@ -106,7 +108,7 @@ class ArBatch:
                 owners.append(row)
         hidden, cache = self.backend.batch_hidden(queries)
         self._deliver(rows, owners, hidden, all_rows=True)
-        self.cache = cache if self.cache is None else BatchCache.stack([self.cache, cache])
+        self.cache = cache if self.cache is None else self.cache.joined(cache)
         self.rows += rows
         return self._retire()
 

@@ -52,6 +52,10 @@ class BatchCache:
         keep = np.flatnonzero(used)
         return BatchCache([a[:, :, keep] for a in self.kv], self.valid[:, keep])
 
+    def joined(self, other: "BatchCache") -> "BatchCache":
+        """This cache's rows, then `other`'s (new rows admitted after their prefill)."""
+        return BatchCache.stack([self, other])
+
     @classmethod
     def empty(cls, rows: int, layers: int, heads: int, head_dim: int, dtype=np.float32) -> "BatchCache":
         z = np.zeros((rows, heads, 0, head_dim), dtype=dtype)

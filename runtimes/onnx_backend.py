@@ -77,6 +77,10 @@ def parse_variant(variant: str) -> tuple[str, str]:
         raise BadInput(str(err)) from None
 
 
+def _has_past(cache: BatchCache | StepCache) -> bool:
+    return cache.rows > 0 and (isinstance(cache, StepCache) or cache.columns > 0)
+
+
 class OnnxBackend(CachedPassBackend):
     name = "onnx"
 
@@ -209,14 +213,19 @@ class OnnxBackend(CachedPassBackend):
     def empty_cache(self, rows: int) -> BatchCache:
         return BatchCache.empty(rows, self.n_layers, self.kv_heads, self.head_dim)
 
-    def batch_hidden(self, queries: list[tuple[np.ndarray, np.ndarray, bool]], cache: BatchCache | None = None
-                     ) -> tuple[list[np.ndarray], BatchCache]:
+    def batch_hidden(self, queries: list[tuple[np.ndarray, np.ndarray, bool]],
+                     cache: BatchCache | StepCache | None = None) -> tuple[list[np.ndarray], BatchCache | StepCache]:
         """Final-norm hidden [n_r, d] of each row's new positions `(rows, positions, causal)` placed after row
-        r of `cache` (None: no past), and the cache with them added. One backbone call for every row; each
-        row's result equals its unbatched run (padding is masked: `runtimes.batch_cache`)."""
+        r of `cache` (None: no past), and the cache with them added. One call for every row; each row's result
+        equals its unbatched run (padding is masked: `runtimes.batch_cache`). Cached steps of one position per
+        row go to the step graph where the folder has one (the cache then comes back as a `StepCache`)."""
         cache = cache if cache is not None else self.empty_cache(len(queries))
         if cache.rows != len(queries):
             raise ValueError(f"{len(queries)} queries for a cache of {cache.rows} rows")
+        if self.step_runner is not None and _has_past(cache) and all(len(r) == 1 and c for r, _, c in queries):
+            return self._batch_step(queries, cache)
+        if isinstance(cache, StepCache):
+            cache = cache.as_batch_cache()
         lengths = [len(r) for r, _, _ in queries]
         q = max(lengths)
         embeds = np.zeros((len(queries), q, self.layout.hidden_size), dtype=np.float32)
@@ -230,6 +239,17 @@ class OnnxBackend(CachedPassBackend):
         out = self.session.run(None, feeds)
         hidden = [out[0][b, :n] for b, n in enumerate(lengths)]
         return hidden, BatchCache(out[1:], np.concatenate([cache.valid, new_valid], axis=1))
+
+    def _batch_step(self, queries: list[tuple[np.ndarray, np.ndarray, bool]], cache: BatchCache | StepCache
+                    ) -> tuple[list[np.ndarray], StepCache]:
+        """One new position per row on the step graph: the rows' caches move into step buffers once (a padded
+        batch cache is converted on the first step after a prefill), then every step writes in place."""
+        if isinstance(cache, BatchCache):
+            cache = StepCache.from_batch_cache(cache)
+        embeds = np.concatenate([self.weights.embed(rows) for rows, _, _ in queries])
+        positions = np.array([int(pos[0]) for _, pos, _ in queries], dtype=np.int64)
+        hidden = self.step_runner.step(cache, embeds, positions)
+        return [hidden[b:b + 1] for b in range(len(queries))], cache
 
     def batch_logits(self, specs: list[seq.PassSpec]) -> list[np.ndarray]:
         """Full passes (no cache) of several specs in one call: float32 [spec.n_outputs, head rows] each."""
@@ -245,8 +265,8 @@ class OnnxBackend(CachedPassBackend):
     def _append_hidden(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         if self.step_runner is not None and len(rows) == 1:  # a cached AR step: in place on the step graph
             if not isinstance(self._past, StepCache):
-                self._past = StepCache(self._past if self._past is not None else self._empty_past())
-            return self.step_runner.step(self._past, self.weights.embed(rows)[0], int(positions[0]))
+                self._past = StepCache.from_past(self._past if self._past is not None else self._empty_past())
+            return self.step_runner.step(self._past, self.weights.embed(rows), positions)
         if isinstance(self._past, StepCache):
             self._past = self._past.as_past()
         hidden, self._past = self.hidden(rows, positions, True, self._past)

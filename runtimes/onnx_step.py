@@ -3,9 +3,11 @@ onnxruntime updates in place, so a step reads the cache once and copies nothing.
 
 The backbone's cached step concatenates past and new keys into a fresh present tensor every step (at 800
 positions that copy costs as much as a 4-bit weight read); here each layer's key and value live in one
-buffer [1, heads, capacity, head_dim] bound as both the step graph's past input and present output, the new
-position written at the sequence's length. Capacity doubles when full (one copy). Imports: numpy,
-onnxruntime.
+buffer [rows, heads, capacity, head_dim] bound as both the step graph's past input and present output, row
+r's new position written at its own length (GroupQueryAttention's right-padded layout: row r holds its
+positions at indices 0..length-1). One sequence is one row; the engine's continuous batch is many rows of
+different lengths stepping in one call. Capacity doubles when the longest row is full (one copy); rows
+join and leave by copying (an event, not a step). Imports: numpy, onnxruntime, batch_cache.
 """
 from __future__ import annotations
 
@@ -13,45 +15,137 @@ import numpy as np
 
 from valle_export import graphs
 
-FIRST_FREE = 1024  # positions reserved past the prefill: 13 s of frames before the first regrowth
+from .batch_cache import BatchCache
+
+FIRST_FREE = 1024  # positions reserved past a sequence's prefill: 13 s of frames before the first regrowth
+BATCH_FREE = 256  # the same for a continuous batch, whose buffers hold every row at the longest row's size
 
 
 class StepCache:
-    """One sequence's KV cache as step-graph buffers: `length` cached positions, room for `capacity`."""
+    """KV cache of `rows` sequences as step-graph buffers (2 x layers arrays [rows, heads, capacity,
+    head_dim], key then value per layer); row r's positions at indices 0..lengths[r]-1."""
 
-    def __init__(self, past: list[np.ndarray], reserve: int = FIRST_FREE):
-        """From a backbone cache (`past`: [1, heads, n, head_dim] per layer and kind, key then value)."""
-        self.length = int(past[0].shape[2])
-        self.buffers = [self._buffer(p, self.length + reserve) for p in past]
-        self._values: list | None = None  # OrtValues over the buffers (made once per capacity)
-        self.binding = None  # the step graph's IOBinding with the buffers bound (made once per capacity)
-        self.binding_owner = None  # the runner that made it
+    def __init__(self, buffers: list[np.ndarray], lengths):
+        self.buffers = buffers
+        self.lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+        self.io: _BoundIO | None = None  # the step graph's binding over these buffers (made once per shape)
 
+    # --- construction ------------------------------------------------------------------------------------
     @staticmethod
-    def _buffer(past: np.ndarray, capacity: int) -> np.ndarray:
-        _, heads, n, dim = past.shape
-        buf = np.zeros((1, heads, capacity, dim), dtype=np.float32)
-        buf[:, :, :n] = past
-        return buf
+    def _alloc(like: np.ndarray, rows: int, capacity: int) -> np.ndarray:
+        return np.zeros((rows, like.shape[1], capacity, like.shape[3]), dtype=np.float32)
+
+    @classmethod
+    def from_past(cls, past: list[np.ndarray], reserve: int = FIRST_FREE) -> "StepCache":
+        """One sequence from a backbone cache (`past`: [1, heads, n, head_dim] per layer and kind)."""
+        n = int(past[0].shape[2])
+        buffers = []
+        for p in past:
+            buf = cls._alloc(p, 1, n + max(1, reserve))
+            buf[:, :, :n] = p
+            buffers.append(buf)
+        return cls(buffers, [n])
+
+    @classmethod
+    def from_batch_cache(cls, cache: BatchCache, reserve: int = BATCH_FREE) -> "StepCache":
+        """The rows of a padded batch cache (valid columns anywhere) moved to the start of their buffer rows."""
+        lengths = cache.lengths()
+        capacity = int(lengths.max(initial=0)) + max(1, reserve)
+        buffers = [cls._alloc(a, cache.rows, capacity) for a in cache.kv]
+        for r in range(cache.rows):
+            cols = np.flatnonzero(cache.valid[r])
+            for buf, a in zip(buffers, cache.kv):
+                buf[r, :, :len(cols)] = a[r][:, cols]
+        return cls(buffers, lengths)
+
+    # --- views and shape -----------------------------------------------------------------------------------
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
 
     @property
     def capacity(self) -> int:
         return self.buffers[0].shape[2]
 
+    @property
+    def length(self) -> int:
+        """Cached positions of a one-sequence cache."""
+        if self.rows != 1:
+            raise ValueError(f"a cache of {self.rows} rows has no single length")
+        return int(self.lengths[0])
+
+    def nbytes(self) -> int:
+        return int(sum(b.nbytes for b in self.buffers))
+
     def as_past(self) -> list[np.ndarray]:
-        """The cached positions in the backbone's layout (views; onnxruntime copies them contiguous)."""
+        """A one-sequence cache in the backbone's layout (views; onnxruntime copies them contiguous)."""
         return [b[:, :, :self.length] for b in self.buffers]
 
-    def ortvalues(self) -> list:
-        """The buffers as OrtValues sharing their memory, grown first when the next step would not fit."""
+    def as_batch_cache(self) -> BatchCache:
+        """The rows as a padded batch cache (start-aligned, padding after each shorter row)."""
+        width = int(self.lengths.max(initial=0))
+        valid = np.arange(width)[None, :] < self.lengths[:, None]
+        return BatchCache([np.ascontiguousarray(b[:, :, :width]) for b in self.buffers], valid)
+
+    # --- rows leaving, joining; growth -------------------------------------------------------------------
+    def take(self, index) -> "StepCache":
+        """The rows at `index` (in that order), in new buffers sized to the longest of them."""
+        index = np.asarray(index, dtype=np.int64)
+        lengths = self.lengths[index]
+        capacity = min(self.capacity, int(lengths.max(initial=0)) + BATCH_FREE)
+        return StepCache([np.ascontiguousarray(b[index, :, :capacity]) for b in self.buffers], lengths)
+
+    def joined(self, other: "StepCache | BatchCache") -> "StepCache":
+        """This cache's rows, then `other`'s (a backbone prefill's batch cache or another step cache)."""
+        other = other if isinstance(other, StepCache) else StepCache.from_batch_cache(other)
+        capacity = max(self.capacity, other.capacity)
+        buffers = []
+        for a, b in zip(self.buffers, other.buffers):
+            buf = self._alloc(a, self.rows + other.rows, capacity)
+            buf[:self.rows, :, :a.shape[2]] = a
+            buf[self.rows:, :, :b.shape[2]] = b
+            buffers.append(buf)
+        return StepCache(buffers, np.concatenate([self.lengths, other.lengths]))
+
+    def _fit_next_step(self) -> None:
+        """Double the capacity when the longest row has no room for one more position."""
+        if int(self.lengths.max(initial=0)) + 1 <= self.capacity:
+            return
+        grown = []
+        for b in self.buffers:
+            buf = self._alloc(b, self.rows, 2 * self.capacity)
+            buf[:, :, :self.capacity] = b
+            grown.append(buf)
+        self.buffers, self.io = grown, None
+
+
+class _BoundIO:
+    """A step graph's IOBinding over one cache's buffers and its own small input / output arrays, all bound
+    once: a step writes the inputs in place and runs (no per-step binding calls)."""
+
+    def __init__(self, session, names: list[tuple[str, str]], cache: StepCache, hidden_size: int):
         import onnxruntime as ort
 
-        if self.length + 1 > self.capacity:
-            self.buffers = [self._buffer(b[:, :, :self.length], 2 * self.capacity) for b in self.buffers]
-            self._values = self.binding = None
-        if self._values is None:
-            self._values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]
-        return self._values
+        rows = cache.rows
+        self.session = session
+        self.embeds = np.zeros((rows, 1, hidden_size), dtype=np.float32)
+        self.positions = np.zeros((rows, 1), dtype=np.int64)
+        self.seqlens = np.zeros(rows, dtype=np.int32)
+        self.total = np.zeros((), dtype=np.int32)
+        self.hidden = np.zeros((rows, 1, hidden_size), dtype=np.float32)
+        self.binding = session.io_binding()
+        # OrtValues over numpy memory: kept referenced here so the arrays outlive the binding
+        self._values = [ort.OrtValue.ortvalue_from_numpy(b) for b in cache.buffers]
+        for (past, present), value in zip(names, self._values):
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_ortvalue_output(present, value)
+        self._small = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in (
+            ("inputs_embeds", self.embeds), ("position_ids", self.positions), ("seqlens_k", self.seqlens),
+            ("total_sequence_length", self.total))}
+        for name, value in self._small.items():
+            self.binding.bind_ortvalue_input(name, value)
+        self._out = ort.OrtValue.ortvalue_from_numpy(self.hidden)
+        self.binding.bind_ortvalue_output("last_hidden_state", self._out)
 
 
 class StepRunner:
@@ -59,28 +153,21 @@ class StepRunner:
 
     def __init__(self, session, n_layers: int, hidden_size: int):
         self.session = session
+        self.hidden_size = hidden_size
         self.names = [(graphs.past_name(i // 2, ("key", "value")[i % 2]),
                        graphs.present_name(i // 2, ("key", "value")[i % 2])) for i in range(2 * n_layers)]
-        self.hidden = np.zeros((1, 1, hidden_size), dtype=np.float32)
 
-    def step(self, cache: StepCache, embeds: np.ndarray, position: int) -> np.ndarray:
-        """Final-norm hidden [1, d] of one new position (embedding sum `embeds` [d]) appended to `cache`.
-        The cache buffers and the output stay bound from step to step; only the four small inputs change."""
-        import onnxruntime as ort
-
-        values = cache.ortvalues()
-        binding = cache.binding
-        if binding is None or cache.binding_owner is not self:
-            binding = cache.binding = self.session.io_binding()
-            cache.binding_owner = self
-            for (past, present), value in zip(self.names, values):
-                binding.bind_ortvalue_input(past, value)
-                binding.bind_ortvalue_output(present, value)
-            binding.bind_ortvalue_output("last_hidden_state", ort.OrtValue.ortvalue_from_numpy(self.hidden))
-        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32).reshape(1, 1, -1))
-        binding.bind_cpu_input("position_ids", np.array([[position]], dtype=np.int64))
-        binding.bind_cpu_input("seqlens_k", np.array([cache.length], dtype=np.int32))
-        binding.bind_cpu_input("total_sequence_length", np.array(cache.length + 1, dtype=np.int32))
-        self.session.run_with_iobinding(binding)
-        cache.length += 1
-        return self.hidden[0].copy()
+    def step(self, cache: StepCache, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Final-norm hidden [rows, d] of one new position per row (embedding sums `embeds` [rows, d] at
+        `positions` [rows]) appended to `cache`, every row in one call."""
+        cache._fit_next_step()
+        io = cache.io
+        if io is None or io.session is not self.session:
+            io = cache.io = _BoundIO(self.session, self.names, cache, self.hidden_size)
+        io.embeds[:, 0] = embeds
+        io.positions[:, 0] = positions
+        io.seqlens[:] = cache.lengths
+        io.total[...] = int(cache.lengths.max()) + 1
+        self.session.run_with_iobinding(io.binding)
+        cache.lengths += 1
+        return io.hidden[:, 0].copy()
