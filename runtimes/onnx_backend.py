@@ -69,14 +69,6 @@ def variant_file(folder: Path, variant: str, step: bool = False) -> Path:
     return path
 
 
-def parse_variant(variant: str) -> tuple[str, str]:
-    """(AR step variant, backbone variant), refusing an unknown word in one line."""
-    try:
-        return split_variant(variant)
-    except ValueError as err:
-        raise BadInput(str(err)) from None
-
-
 def _has_past(cache: BatchCache | StepCache) -> bool:
     return cache.rows > 0 and (isinstance(cache, StepCache) or cache.columns > 0)
 
@@ -90,7 +82,7 @@ class OnnxBackend(CachedPassBackend):
         folder = Path(folder)
         self.layout = read_layout(folder)
         self.weights = HostWeights.load(folder / graphs.WEIGHTS_FILE, self.layout)
-        self.step_variant, self.variant = parse_variant(config.variant)
+        self.step_variant, self.variant = split_variant(config.variant)
         self.path = variant_file(folder, self.variant)
         self._opts = ort.SessionOptions()
         self._opts.intra_op_num_threads = config.threads

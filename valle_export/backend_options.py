@@ -1,10 +1,12 @@
 """What a user may tune when opening any backend, with one meaning and one default on every backend, and the
 choice lists the CLI offers (defined here once, so the CLI need not import the modules that own them).
-Imports: stdlib.
+Imports: stdlib, errors.
 """
 from __future__ import annotations
 
 import dataclasses
+
+from .errors import BadInput
 
 RUNTIME_BACKENDS = ("onnx", "llamacpp", "ggml")  # torch-free; `torch` (the reference) is added by the CLI
 KV_TYPES = ("f32", "f16")
@@ -29,15 +31,16 @@ ONNX_OUTTYPES = {"f32": ("fp32", None), "f16": ("fp16", None), "int8": ("fp32", 
 
 def split_variant(variant: str) -> tuple[str, str]:
     """(AR step variant, backbone variant) of a variant word: `fast`, `STEP+BACKBONE`, or one variant for
-    both. Raises ValueError naming the unknown part."""
+    both. The one check of the word (CLI parse time, API callers, the ONNX backend): raises BadInput naming the
+    unknown part."""
     step, _, backbone = (("+".join(FAST_PAIR) if variant == FAST_PRESET else variant)).partition("+")
     backbone = backbone or step
     for part in (step, backbone):
         if part not in ONNX_VARIANTS:
-            raise ValueError(f"ONNX variant {part!r} is not one of {', '.join(ONNX_VARIANTS)} (or {FAST_PRESET}, "
+            raise BadInput(f"ONNX variant {part!r} is not one of {', '.join(ONNX_VARIANTS)} (or {FAST_PRESET}, "
                              "or STEP+BACKBONE)")
     if "fp16" in (step, backbone) and step != backbone:
-        raise ValueError("fp16 graphs have no AR step graph: pair other variants")
+        raise BadInput("fp16 graphs have no AR step graph: pair other variants")
     return step, backbone
 DEFAULT_N_CTX = 4096  # positions one pass may hold: 12 s of audio with a long prompt and text fits in 2k
 

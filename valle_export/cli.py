@@ -14,7 +14,7 @@ import click
 from . import __version__, names, options as opt
 from .backend_options import (DEFAULT_N_CTX, KV_TYPES, ONNX_OUTTYPES, ONNX_VARIANTS, RUNTIME_BACKENDS, BackendOptions,
                               split_variant)
-from .errors import PENDING_SIGNALS, Interrupted, ValleExportError
+from .errors import PENDING_SIGNALS, BadInput, Interrupted, ValleExportError
 from .extras import missing_extra
 from .paths import FolderKind, check_output
 from .progress import Progress
@@ -134,7 +134,6 @@ output_option = click.option("-o", "--output", "output", type=opt.OUTPUT, defaul
 
 def _output(positional: Path | None, option: Path | None, what: str = "OUT_DIR") -> Path:
     """Every writer takes `-o/--output`; the older positional form still works. One of them, once."""
-    from .errors import BadInput
 
     if positional is not None and option is not None and positional != option:
         raise BadInput(f"give the output once: {what} or -o/--output")
@@ -156,8 +155,8 @@ def _variant_word(ctx, param, value: str) -> str:
     if value != "auto":
         try:
             split_variant(value)
-        except ValueError as err:
-            raise click.BadParameter(str(err)) from None
+        except BadInput as err:
+            raise click.BadParameter(err.problem) from None
     return value
 
 
@@ -209,7 +208,6 @@ def convert_cmd(ckpt: Path, out_dir: Path | None, output: Path | None, lora: Pat
 def demo_checkpoint_cmd(out: Path | None, output: Path | None, size: str, seed: int, hidden_act: str, positions: str,
                         masks: str, capabilities: str, quiet: bool) -> None:
     """Write a seeded random-weight native checkpoint (OUT/fp32.sft); `--size full` is the released shape."""
-    from .errors import BadInput
 
     out = _output(out, output, "OUT")
 
@@ -247,7 +245,6 @@ def demo_checkpoint_cmd(out: Path | None, output: Path | None, size: str, seed: 
 def onnx_cmd(model: Path, out_dir: Path | None, output: Path | None, opset: int, outtype: str | None,
              dtype: str | None, quantize: str | None, lora: Path | None, quiet: bool) -> None:
     """Export MODEL (native checkpoint or uniform folder) to ONNX in OUT_DIR, verified against the reference."""
-    from .errors import BadInput
 
     out_dir = _output(out_dir, output)
     if outtype is not None:
@@ -407,7 +404,6 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
     from runtimes.text import check_espeak_language
     from valle_export import audio
 
-    from .errors import BadInput
 
     check_output(out, [model, *prompt, voice, tokenizer, synth.codec_folder(model, codec_dir), lora])
     if prompt and voice is not None:
@@ -494,7 +490,6 @@ def serve_cmd(model: Path, host: str, port: int, backend: str, variant: str, cod
     """Serve MODEL over HTTP: OpenAI's POST /v1/audio/speech, voices, metrics and a web page at /."""
     import os
 
-    from .errors import BadInput
 
     if not use_ray and (replicas is not None or autoscale is not None or ray_address is not None):
         raise BadInput("--replicas, --autoscale and --ray-address need --ray")
@@ -539,7 +534,6 @@ def serve_cmd(model: Path, host: str, port: int, backend: str, variant: str, cod
 
 def _serve_on_ray(model: Path, host: str, port: int, address: str | None, args: dict) -> None:
     """The same app on Ray Serve (runtimes.scale); a missing ray is one line naming the extra."""
-    from .errors import BadInput
 
     from runtimes.scale.config import from_args
 
@@ -636,7 +630,6 @@ def transcribe_cmd(model: Path, audio: Path, lang: str, backend: str, codec_dir:
 def encodec_cmd(paths: tuple[Path, ...], output: Path | None, seed: int, quiet: bool) -> None:
     """Export EnCodec 24 kHz (6 kbps, 8 codebooks) as ONNX encoder and decoder graphs. WEIGHTS: a transformers
     folder or an original `encodec_24khz-*.th` state dict; without it, the seeded random-weight default."""
-    from .errors import BadInput
 
     if len(paths) > 2 or (output is not None and len(paths) > 1):
         raise BadInput("expected [WEIGHTS] OUT_DIR, or [WEIGHTS] -o OUT_DIR")
@@ -757,7 +750,6 @@ def _given_model_serves(fixture_dir: Path, model: Path) -> bool:
     files recorded with it) or none (the `_nolora` files); a different adapter is refused."""
     from runtimes.fixture_check import LORA_FILE
 
-    from .errors import BadInput
     from .lora_file import file_sha256, recorded_lora
 
     record = recorded_lora(model)
@@ -841,7 +833,6 @@ def generate_cmd(model: Path, phonemes: str, lang: str, prompt_frames: int, max_
     from reference_model.load import load_reference
     from runtimes.pipeline import Conditioning, generate_ar, generate_nar
 
-    from .errors import BadInput
 
     try:
         phn = np.array([int(x) for x in phonemes.split(",")], dtype=np.int64)

@@ -191,9 +191,9 @@ def extend(layout: Layout, spec: PassSpec, table: str, ids) -> PassSpec:
     Not for task passes: there the original's positions of earlier tokens change as the output grows."""
     if (spec.segments == SEGMENT_TASK).any():
         raise ValueError("a task pass cannot be extended (its earlier positions move): rebuild it")
-    new = _ids(layout, table, ids)[:, None]
-    width = spec.rows.shape[1]
-    new = np.pad(new, ((0, 0), (0, width - 1)), constant_values=-1)
+    ids = _ids(layout, table, ids)
+    new = np.full((len(ids), spec.rows.shape[1]), -1, dtype=spec.rows.dtype)  # one flat row per new position
+    new[:, 0] = ids
     if layout.position_mode == names.POSITIONS_UNIFIED:
         start = spec.length
     else:
