@@ -111,3 +111,26 @@ def test_full_queue_is_refused(tts):
         assert info.value.retry_after >= 1 and e.stats.rejected == 1
     finally:
         e.close()
+
+
+def test_nar_finishes_the_first_sentence_in_nar_first(tts):
+    """Three one-sentence requests at once, one sentence per NAR call: the NAR unit keeps the earliest
+    request until it is decoded (its audio after levels - 1 NAR calls, the next after twice that), instead of
+    round-robin, where every request finished only at the end."""
+    e = Engine(tts, EngineConfig(max_rows=8, nar_rows=1))
+    done_at: dict[int, int] = {}
+    try:
+        jobs = []
+        for i in range(3):
+            def emit(ev, i=i):
+                if isinstance(ev, Done):
+                    done_at[i] = e.stats.nar_units
+            jobs.append(e.submit(_pieces(tts, SENTENCES[0]), None, GREEDY, emit))
+        deadline = time.time() + 60
+        while len(done_at) < 3 and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        e.close()
+    per_sentence = tts.backend.layout.audio_levels - 1
+    assert done_at == {i: (i + 1) * per_sentence for i in range(3)}, \
+        f"NAR calls done when each request finished: {done_at} (finish-first: {per_sentence} apart)"

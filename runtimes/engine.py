@@ -6,7 +6,9 @@ backend on one thread. Each iteration it: drops cancelled requests' rows; admits
 row, KV-byte and prefill-token budget (first sentences of every request before later ones, so time to first
 audio stays low under load); runs ONE batched AR step for all AR rows; runs one bounded NAR unit (one level
 of up to `nar_rows` sentences in one call, or a NAR-len sentence's len + demasking); decodes finished
-sentences and hands them to their request in order.
+sentences and hands them to their request in order. The NAR unit takes sentences in the admission order
+(first sentences of every request, then earlier requests) and keeps them until they finish: a sentence
+that reached NAR first is decoded first, instead of every sentence in NAR finishing together.
 
 Seeding rule (documented in the README): sentence i of a request with seed s draws from
 `np.random.default_rng([s, i])` for its AR steps then its NAR levels, as `synthesize` threads one generator,
@@ -129,6 +131,11 @@ class EngineStats:
     audio_seconds: float = 0.0
     first_audio_s: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=256))
     rtf: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=256))
+
+
+def _nar_order(s: Sentence) -> tuple[int, int]:
+    """NAR priority, as admission: a request's first sentences before later ones, then earlier requests."""
+    return s.index, s.job.id
 
 
 class Engine:
@@ -328,7 +335,9 @@ class Engine:
 
     def _nar_unit(self) -> None:
         """One NAR level of up to `nar_rows` sentences in one call (as `generate_nar`, row by row)."""
-        group = [self._nar.popleft() for _ in range(min(self.config.nar_rows, len(self._nar)))]
+        group = heapq.nsmallest(self.config.nar_rows, self._nar, key=_nar_order)
+        chosen = {id(s) for s in group}
+        self._nar = collections.deque(s for s in self._nar if id(s) not in chosen)
         specs = []
         for s in group:
             level = s.resp.shape[1]
