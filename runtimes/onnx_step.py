@@ -53,9 +53,11 @@ class StepCache:
         capacity = int(lengths.max(initial=0)) + max(1, reserve)
         buffers = [cls._alloc(a, cache.rows, capacity) for a in cache.kv]
         for r in range(cache.rows):
-            cols = np.flatnonzero(cache.valid[r])
-            for buf, a in zip(buffers, cache.kv):
-                buf[r, :, :len(cols)] = a[r][:, cols]
+            at = 0
+            for start, stop in _runs(cache.valid[r]):  # slices: a gather along the column axis is 30x slower
+                for buf, a in zip(buffers, cache.kv):
+                    buf[r, :, at:at + stop - start] = a[r, :, start:stop]
+                at += stop - start
         return cls(buffers, lengths)
 
     # --- views and shape -----------------------------------------------------------------------------------
@@ -117,6 +119,12 @@ class StepCache:
             buf[:, :, :self.capacity] = b
             grown.append(buf)
         self.buffers, self.io = grown, None
+
+
+def _runs(valid: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of True in a row's validity (a prefill, then the steps after a gap)."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], valid, [False]]).astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 class _BoundIO:
