@@ -1,8 +1,9 @@
 """Batched serving benchmark (issue 20), one run, one printed table:
 
-1. AR throughput: B rows stepping together through `ArBatch` (one backbone call per step) for B = 1, 2, 4, 8,
-   in AR tokens per second, against the single-stream cached loop (`pipeline.generate_ar`), and the ratio to
-   the goal 0.7 x B x single stream;
+1. AR throughput: B rows stepping together through `ArBatch` (one call per step) for B = 1, 2, 4, 8, in AR
+   tokens per second, against the single-stream cached loop (`pipeline.generate_ar`), and the ratio to the
+   goal 0.7 x B x single stream; where the folder has an AR step graph, the same rows stepped on the backbone
+   beside it (the engine's path before issue 22);
 2. the engine under load: a fixed mix of requests (1-3 sentences, AR+NAR, greedy and sampled) submitted at
    once: time to first audio (median, p90), requests per minute, mean AR batch; and the same mix one request
    at a time.
@@ -63,16 +64,23 @@ class _NoStop:
         del self.backend.head_logits
 
 
-def ar_throughput(tts, batch: int, frames: int) -> float:
-    """AR tokens/s of `batch` rows stepped together (one backbone call per step) for `frames` steps."""
-    ar = ArBatch(tts.backend)
-    with _NoStop(tts.backend):
+def ar_throughput(tts, batch: int, frames: int, step_graph: bool = True) -> float:
+    """AR tokens/s of `batch` rows stepped together (one call per step) for `frames` steps; on an ONNX folder
+    with an AR step graph, `step_graph=False` steps them on the backbone instead (as before issue 22)."""
+    backend = tts.backend
+    runner = getattr(backend, "step_runner", None)
+    ar = ArBatch(backend)
+    with _NoStop(backend):
         ar.admit([ArRow(_cond(tts, i), frames) for i in range(batch)])
-        t, steps = time.perf_counter(), 0
-        while len(ar):
-            ar.step()
-            steps += 1
-        return batch * steps / (time.perf_counter() - t)
+        backend.step_runner = runner if step_graph else None
+        try:
+            t, steps = time.perf_counter(), 0
+            while len(ar):
+                ar.step()
+                steps += 1
+            return batch * steps / (time.perf_counter() - t)
+        finally:
+            backend.step_runner = runner
 
 
 def single_stream(tts, frames: int) -> float:
@@ -133,12 +141,16 @@ def main() -> None:
     tts = Synthesizer.open(args.model, "onnx", variant=args.variant, threads=args.threads)
     one = single_stream(tts, args.frames)
     print(f"model {args.model} ({tts.backend.path.name}), threads {args.threads or 'all'}")
-    print("\n| AR rows | AR tokens/s | vs single stream | goal 0.7 x B |")
-    print("|---:|---:|---:|---:|")
-    print(f"| single stream (generate_ar) | {one:.1f} | 1.00x | - |")
+    has_step = getattr(tts.backend, "step_runner", None) is not None
+    print("\n| AR rows | AR tokens/s | vs single stream | goal 0.7 x B | on the backbone (tokens/s) "
+          "| step graph gain |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"| single stream (generate_ar) | {one:.1f} | 1.00x | - | - | - |")
     for b in (1, 2, 4, 8):
         tps = ar_throughput(tts, b, args.frames)
-        print(f"| {b} | {tps:.1f} | {tps / one:.2f}x | {'met' if tps >= 0.7 * b * one else 'not met'} |")
+        base = ar_throughput(tts, b, args.frames, step_graph=False) if has_step else None
+        gain = f"{base:.1f} | {tps / base:.2f}x" if base else "- | -"
+        print(f"| {b} | {tps:.1f} | {tps / one:.2f}x | {'met' if tps >= 0.7 * b * one else 'not met'} | {gain} |")
     print(f"\n| {args.requests} requests (1-3 sentences, <= {args.max_duration} s each) | time to first audio "
           "median / p90 | requests/min | mean AR batch |")
     print("|---|---:|---:|---:|")
