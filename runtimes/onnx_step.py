@@ -47,10 +47,11 @@ class StepCache:
         return cls(buffers, [n])
 
     @classmethod
-    def from_batch_cache(cls, cache: BatchCache, reserve: int = BATCH_FREE) -> "StepCache":
-        """The rows of a padded batch cache (valid columns anywhere) moved to the start of their buffer rows."""
+    def from_batch_cache(cls, cache: BatchCache, reserve: int | None = None) -> "StepCache":
+        """The rows of a padded batch cache (valid columns anywhere) moved to the start of their buffer rows,
+        with room for `reserve` more positions (default BATCH_FREE)."""
         lengths = cache.lengths()
-        capacity = int(lengths.max(initial=0)) + max(1, reserve)
+        capacity = int(lengths.max(initial=0)) + max(1, BATCH_FREE if reserve is None else reserve)
         buffers = [cls._alloc(a, cache.rows, capacity) for a in cache.kv]
         for r in range(cache.rows):
             at = 0
