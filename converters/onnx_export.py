@@ -161,8 +161,8 @@ def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype:
         raise BadInput(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     try:
         step_variant, variant = split_variant(quantize or dtype)
-    except ValueError as err:
-        raise BadInput(f"--quantize: {err}") from None
+    except BadInput as err:
+        raise BadInput(f"--quantize: {err.problem}") from None
     if quantize and dtype != "fp32":
         raise BadInput(f"--quantize {quantize} starts from the fp32 graph; do not combine it with --dtype fp16")
     if not 18 <= opset <= 23:

@@ -167,23 +167,53 @@ def test_batched_steps_run_on_the_step_graph(backend, monkeypatch):
         assert np.array_equal(alone, r.result), f"row {i}: alone {alone[:8]}.. batched {r.result[:8]}.."
 
 
-def test_step_cache_moves_rows_from_a_padded_batch_cache(backend):
+def test_step_cache_moves_rows_from_a_padded_batch_cache():
     """A padded batch cache (gaps after shorter prefills) becomes step buffers holding each row's valid
-    columns first, and comes back unchanged; take / joined keep each row's positions."""
+    columns first, and comes back unchanged; take / joined keep each row's positions, also when the joined
+    cache has a gap inside a row and needs more capacity than the buffers have."""
+    from runtimes import onnx_step
     from runtimes.onnx_step import StepCache
 
     rng = np.random.default_rng(0)
     valid = np.array([[True, True, False, True], [True, False, False, False], [True, True, True, True]])
     kv = [rng.standard_normal((3, 2, 4, 8)).astype(np.float32) for _ in range(4)]
     step = StepCache.from_batch_cache(BatchCache(kv, valid))
-    assert step.lengths.tolist() == [3, 1, 4] and step.capacity >= 4
+    assert step.lengths.tolist() == [3, 1, 4] and step.capacity == 4 + onnx_step.BATCH_FREE
     for r in range(3):
         cols = np.flatnonzero(valid[r])
         for a, b in zip(kv, step.buffers):
             assert np.array_equal(b[r, :, :len(cols)], a[r][:, cols]), f"row {r}"
     back = step.as_batch_cache()
     assert back.lengths().tolist() == [3, 1, 4] and back.valid[0].tolist() == [True, True, True, False]
-    picked = step.take([2, 1]).joined(BatchCache(kv, valid).take([0]))
-    assert picked.lengths.tolist() == [4, 1, 3]
-    assert np.array_equal(picked.buffers[1][2, :, :3], kv[1][0][:, [0, 1, 3]])
-    assert np.array_equal(picked.buffers[0][0, :, :4], kv[0][2])
+    small = StepCache.from_batch_cache(BatchCache(kv, valid).take([1]), reserve=1)
+    assert small.capacity == 2
+    wide_valid = np.ones((1, 300), dtype=bool)
+    wide_valid[0, 5:9] = False  # a gap inside the row
+    wide = BatchCache([rng.standard_normal((1, 2, 300, 8)).astype(np.float32) for _ in range(4)], wide_valid)
+    joined = small.take([0]).joined(BatchCache(kv, valid)).joined(wide)
+    assert joined.lengths.tolist() == [1, 3, 1, 4, 296] and joined.capacity >= 296
+    assert np.array_equal(joined.buffers[1][1, :, :3], kv[1][0][:, [0, 1, 3]])
+    assert np.array_equal(joined.buffers[0][3, :, :4], kv[0][2])
+    cols = np.flatnonzero(wide_valid[0])
+    assert np.array_equal(joined.buffers[2][4, :, :296], wide.kv[2][0][:, cols]), "gap row misplaced"
+    assert np.array_equal(joined.take([4, 0]).buffers[3][1, :, :1], kv[3][1][:, :1])
+
+
+def test_batched_step_graph_equals_batched_backbone_steps(backend):
+    """The step graph's batched cached steps against the backbone's (the engine's path before the step graph
+    served batches), rows of different cached lengths, 12 steps: logits within 1e-5, greedy tokens equal."""
+    reference = OnnxBackend(backend.path.parent)
+    reference.step_runner = None
+    layout = backend.layout
+    conds = _conds(5)
+    specs = [seq.ar_pass(layout, c.phn, c.lang, c.prompt, [5, 6, 7][: i % 4]) for i, c in enumerate(conds)]
+    queries = [(s.rows, s.positions, True) for s in specs]
+    (_, cache), (_, ref_cache) = backend.batch_hidden(queries), reference.batch_hidden(queries)
+    for k in range(12):
+        specs = [seq.extend(layout, s, names.HEAD_AR, [40 + 7 * k + i]) for i, s in enumerate(specs)]
+        step = [(s.rows[-1:], s.positions[-1:], True) for s in specs]
+        got, cache = backend.batch_hidden(step, cache)
+        want, ref_cache = reference.batch_hidden(step, ref_cache)
+        for i, (g, w) in enumerate(zip(got, want)):
+            g, w = backend.head_logits(g, names.HEAD_AR)[0], reference.head_logits(w, names.HEAD_AR)[0]
+            assert _rel(g, w) < TOL and g.argmax() == w.argmax(), f"step {k}, row {i}: rel {_rel(g, w):.2e}"

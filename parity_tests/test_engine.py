@@ -114,9 +114,9 @@ def test_full_queue_is_refused(tts):
 
 
 def test_nar_finishes_the_first_sentence_in_nar_first(tts):
-    """Three one-sentence requests at once, one sentence per NAR call: the NAR unit keeps the earliest
-    request until it is decoded (its audio after levels - 1 NAR calls, the next after twice that), instead of
-    round-robin, where every request finished only at the end."""
+    """Three one-sentence requests at once, one sentence per NAR call: the NAR unit keeps the sentence that
+    reached NAR first until it is decoded (its audio after levels - 1 NAR calls, the next after twice that),
+    instead of round-robin, where every request finished only at the end."""
     e = Engine(tts, EngineConfig(max_rows=8, nar_rows=1))
     done_at: dict[int, int] = {}
     try:
@@ -134,3 +134,32 @@ def test_nar_finishes_the_first_sentence_in_nar_first(tts):
     per_sentence = tts.backend.layout.audio_levels - 1
     assert done_at == {i: (i + 1) * per_sentence for i in range(3)}, \
         f"NAR calls done when each request finished: {done_at} (finish-first: {per_sentence} apart)"
+
+
+def test_kv_budget_counts_every_stream_at_the_longest_row(tts):
+    """The AR batch's caches are padded to their widest row, so the budget is streams x the longest row: with
+    room for exactly two rows of the long request, it and two short ones (which a sum of each row's own
+    length would admit together) step at most two at a time."""
+    long = dataclasses.replace(GREEDY, max_duration=1.2)
+    e = Engine(tts, EngineConfig(max_rows=8))
+    piece = _pieces(tts, SENTENCES[0])
+    longest = len(piece[0][0]) + int(long.max_duration * tts.backend.layout.frame_rate) + 8
+    e.config = EngineConfig(max_rows=8, max_kv_bytes=e._kv_bytes(2, longest))
+    widest: list[int] = []
+    step = e._ar.step
+
+    def recording_step():
+        widest.append(e._ar.streams)
+        return step()
+
+    e._ar.step = recording_step
+    try:
+        short = dataclasses.replace(GREEDY, max_duration=0.1)
+        jobs = [e.submit(piece, None, s, lambda ev: None) for s in (long, short, short)]
+        deadline = time.time() + 60
+        while not all(j.finished for j in jobs) and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        e.close()
+    assert all(j.finished for j in jobs) and widest, "the requests did not finish"
+    assert max(widest) == 2, f"AR batch sizes {sorted(set(widest))} under a two-long-rows KV budget"

@@ -84,8 +84,8 @@ class ArBatch:
         self.backend, self.layout = backend, backend.layout
         self.rows: list[ArRow] = []
         # the backend's cache of every stream: a BatchCache, or a cache of its own with the same rows / take /
-        # joined / nbytes (ONNX's StepCache once rows step on its step graph)
-        self.cache: BatchCache | None = None
+        # joined / nbytes (ONNX's StepCache once rows step on its step graph; typed by duck, not imported here)
+        self.cache: BatchCache | object | None = None
 
     def __len__(self) -> int:
         return len(self.rows)

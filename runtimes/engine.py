@@ -6,9 +6,9 @@ backend on one thread. Each iteration it: drops cancelled requests' rows; admits
 row, KV-byte and prefill-token budget (first sentences of every request before later ones, so time to first
 audio stays low under load); runs ONE batched AR step for all AR rows; runs one bounded NAR unit (one level
 of up to `nar_rows` sentences in one call, or a NAR-len sentence's len + demasking); decodes finished
-sentences and hands them to their request in order. The NAR unit takes sentences in the admission order
-(first sentences of every request, then earlier requests) and keeps them until they finish: a sentence
-that reached NAR first is decoded first, instead of every sentence in NAR finishing together.
+sentences and hands them to their request in order. The NAR unit takes the sentences that reached NAR
+first and keeps them until they are decoded (a queue in arrival order: finish-first, and no sentence waits
+behind later arrivals), instead of round-robin, where every sentence in NAR finished together.
 
 Seeding rule (documented in the README): sentence i of a request with seed s draws from
 `np.random.default_rng([s, i])` for its AR steps then its NAR levels, as `synthesize` threads one generator,
@@ -40,7 +40,7 @@ from .samplers import sample
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
     max_rows: int = 8  # AR rows stepping together (a guided row counts twice)
-    max_kv_bytes: int = 1 << 30  # KV cache of the AR batch, estimated at each row's longest
+    max_kv_bytes: int = 1 << 30  # KV cache of the AR batch: every stream at the longest row's longest
     max_prefill_tokens: int = 4096  # positions prefilled per iteration (a long prefill stalls every row)
     nar_rows: int = 4  # sentences per NAR call
     max_queue: int = 64  # requests waiting for their first row; beyond it `QueueFull`
@@ -131,11 +131,6 @@ class EngineStats:
     audio_seconds: float = 0.0
     first_audio_s: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=256))
     rtf: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=256))
-
-
-def _nar_order(s: Sentence) -> tuple[int, int]:
-    """NAR priority, as admission: a request's first sentences before later ones, then earlier requests."""
-    return s.index, s.job.id
 
 
 class Engine:
@@ -274,17 +269,22 @@ class Engine:
                 self.stats.jobs_cancelled += 1
                 del self._jobs[job.id]
 
-    def _row_kv_bytes(self, s: Sentence) -> int:
-        positions = len(s.cond.phn) + (len(s.cond.prompt) if s.cond.prompt is not None else 0) + s.max_frames + 8
+    def _longest(self, s: Sentence) -> int:
+        """Positions a sentence's AR cache may reach (text, prompt, every allowed frame)."""
+        return len(s.cond.phn) + (len(s.cond.prompt) if s.cond.prompt is not None else 0) + s.max_frames + 8
+
+    def _kv_bytes(self, streams: int, longest: int) -> int:
+        """KV bytes of `streams` cache rows all `longest` positions wide: the batch caches are padded to their
+        widest row (a BatchCache's columns, a StepCache's capacity), so every stream costs the longest one."""
         per_position = 2 * getattr(self.backend, "n_layers", 1) * getattr(self.backend, "kv_heads", 1) \
             * getattr(self.backend, "head_dim", self.layout.hidden_size) * 4
-        return positions * per_position * (1 + int(s.settings.guidance.on))
+        return streams * longest * per_position
 
     def _admit(self) -> None:
         """Move waiting sentences into work within the budgets (always at least one when nothing runs)."""
         joining, tokens = [], 0
         rows = self._ar.streams if self._ar is not None else 0
-        kv = sum(self._row_kv_bytes(r.tag) for r in self._ar.rows) if self._ar is not None else 0
+        longest = max((self._longest(r.tag) for r in self._ar.rows), default=0) if self._ar is not None else 0
         with self._wake:
             while self._waiting:
                 s = self._waiting[0][3]
@@ -297,15 +297,16 @@ class Engine:
                     s.job.started = True
                     continue
                 streams = 1 + int(s.settings.guidance.on)
-                need_kv, need_tokens = self._row_kv_bytes(s), len(s.cond.phn) + s.max_frames // 8
+                need_longest, need_tokens = max(longest, self._longest(s)), len(s.cond.phn) + s.max_frames // 8
                 busy = rows or joining
-                if busy and (rows + streams > self.config.max_rows or kv + need_kv > self.config.max_kv_bytes
+                if busy and (rows + streams > self.config.max_rows
+                             or self._kv_bytes(rows + streams, need_longest) > self.config.max_kv_bytes
                              or tokens + need_tokens > self.config.max_prefill_tokens):
                     break
                 heapq.heappop(self._waiting)
                 s.job.started = True
                 joining.append(s)
-                rows, kv, tokens = rows + streams, kv + need_kv, tokens + need_tokens
+                rows, longest, tokens = rows + streams, need_longest, tokens + need_tokens
         if joining:
             new = [ArRow(s.cond, s.max_frames, s.settings.ar, s.rng, s.settings.guidance, tag=s) for s in joining]
             for row in self._ar.admit(new):
@@ -335,9 +336,7 @@ class Engine:
 
     def _nar_unit(self) -> None:
         """One NAR level of up to `nar_rows` sentences in one call (as `generate_nar`, row by row)."""
-        group = heapq.nsmallest(self.config.nar_rows, self._nar, key=_nar_order)
-        chosen = {id(s) for s in group}
-        self._nar = collections.deque(s for s in self._nar if id(s) not in chosen)
+        group = list(itertools.islice(self._nar, self.config.nar_rows))  # the earliest to reach NAR
         specs = []
         for s in group:
             level = s.resp.shape[1]
@@ -355,9 +354,8 @@ class Engine:
             nxt = sample(out, s.settings.nar, s.rng, previous=s.resp[:, -1])
             s.resp = np.concatenate([s.resp, nxt[:, None]], axis=1)
             if s.resp.shape[1] == self.layout.audio_levels:
+                self._nar.remove(s)
                 self._finish(s)
-            else:
-                self._nar.append(s)
 
     # --- delivery ----------------------------------------------------------------------------------------
     def _finish(self, s: Sentence) -> None:

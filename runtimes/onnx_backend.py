@@ -70,7 +70,10 @@ def variant_file(folder: Path, variant: str, step: bool = False) -> Path:
 
 
 def _has_past(cache: BatchCache | StepCache) -> bool:
-    return cache.rows > 0 and (isinstance(cache, StepCache) or cache.columns > 0)
+    """Whether a cache holds positions (the step graph's attention treats an empty past as a first prompt)."""
+    if isinstance(cache, StepCache):
+        return cache.rows > 0 and int(cache.lengths.max()) > 0
+    return cache.rows > 0 and cache.columns > 0
 
 
 class OnnxBackend(CachedPassBackend):
@@ -210,7 +213,8 @@ class OnnxBackend(CachedPassBackend):
         """Final-norm hidden [n_r, d] of each row's new positions `(rows, positions, causal)` placed after row
         r of `cache` (None: no past), and the cache with them added. One call for every row; each row's result
         equals its unbatched run (padding is masked: `runtimes.batch_cache`). Cached steps of one position per
-        row go to the step graph where the folder has one (the cache then comes back as a `StepCache`)."""
+        row go to the step graph where the folder has one: the cache then comes back as a `StepCache`, which
+        later calls advance in place (the returned cache is the one passed in; a BatchCache is never changed)."""
         cache = cache if cache is not None else self.empty_cache(len(queries))
         if cache.rows != len(queries):
             raise ValueError(f"{len(queries)} queries for a cache of {cache.rows} rows")

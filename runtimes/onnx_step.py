@@ -7,7 +7,7 @@ buffer [rows, heads, capacity, head_dim] bound as both the step graph's past inp
 r's new position written at its own length (GroupQueryAttention's right-padded layout: row r holds its
 positions at indices 0..length-1). One sequence is one row; the engine's continuous batch is many rows of
 different lengths stepping in one call. Capacity doubles when the longest row is full (one copy); rows
-join and leave by copying (an event, not a step). Imports: numpy, onnxruntime, batch_cache.
+join and leave by copying (an event, not a step). Imports: numpy, onnxruntime, graphs, batch_cache.
 """
 from __future__ import annotations
 
@@ -36,15 +36,20 @@ class StepCache:
         return np.zeros((rows, like.shape[1], capacity, like.shape[3]), dtype=np.float32)
 
     @classmethod
+    def _extended(cls, arrays: list[np.ndarray], capacity: int) -> list[np.ndarray]:
+        """`arrays` ([rows, heads, n, head_dim]) copied to the start of new buffers of `capacity` positions."""
+        out = []
+        for a in arrays:
+            buf = cls._alloc(a, a.shape[0], capacity)
+            buf[:, :, :a.shape[2]] = a
+            out.append(buf)
+        return out
+
+    @classmethod
     def from_past(cls, past: list[np.ndarray], reserve: int = FIRST_FREE) -> "StepCache":
         """One sequence from a backbone cache (`past`: [1, heads, n, head_dim] per layer and kind)."""
         n = int(past[0].shape[2])
-        buffers = []
-        for p in past:
-            buf = cls._alloc(p, 1, n + max(1, reserve))
-            buf[:, :, :n] = p
-            buffers.append(buf)
-        return cls(buffers, [n])
+        return cls(cls._extended(past, n + max(1, reserve)), [n])
 
     @classmethod
     def from_batch_cache(cls, cache: BatchCache, reserve: int | None = None) -> "StepCache":
@@ -53,12 +58,7 @@ class StepCache:
         lengths = cache.lengths()
         capacity = int(lengths.max(initial=0)) + max(1, BATCH_FREE if reserve is None else reserve)
         buffers = [cls._alloc(a, cache.rows, capacity) for a in cache.kv]
-        for r in range(cache.rows):
-            at = 0
-            for start, stop in _runs(cache.valid[r]):  # slices: a gather along the column axis is 30x slower
-                for buf, a in zip(buffers, cache.kv):
-                    buf[r, :, at:at + stop - start] = a[r, :, start:stop]
-                at += stop - start
+        _move_rows(cache, buffers, 0)
         return cls(buffers, lengths)
 
     # --- views and shape -----------------------------------------------------------------------------------
@@ -100,26 +100,35 @@ class StepCache:
 
     def joined(self, other: "StepCache | BatchCache") -> "StepCache":
         """This cache's rows, then `other`'s (a backbone prefill's batch cache or another step cache)."""
-        other = other if isinstance(other, StepCache) else StepCache.from_batch_cache(other)
-        capacity = max(self.capacity, other.capacity)
-        buffers = []
-        for a, b in zip(self.buffers, other.buffers):
-            buf = self._alloc(a, self.rows + other.rows, capacity)
+        step = isinstance(other, StepCache)
+        widest = int(other.lengths.max(initial=0) if step else other.lengths().max(initial=0))
+        capacity = max(self.capacity, other.capacity if step else widest + BATCH_FREE)
+        buffers = [self._alloc(a, self.rows + other.rows, capacity) for a in self.buffers]
+        for buf, a in zip(buffers, self.buffers):
             buf[:self.rows, :, :a.shape[2]] = a
-            buf[self.rows:, :, :b.shape[2]] = b
-            buffers.append(buf)
-        return StepCache(buffers, np.concatenate([self.lengths, other.lengths]))
+        if step:
+            for buf, b in zip(buffers, other.buffers):
+                buf[self.rows:, :, :b.shape[2]] = b
+        else:
+            _move_rows(other, buffers, self.rows)
+        lengths = np.concatenate([self.lengths, other.lengths if step else other.lengths()])
+        return StepCache(buffers, lengths)
 
     def _fit_next_step(self) -> None:
         """Double the capacity when the longest row has no room for one more position."""
         if int(self.lengths.max(initial=0)) + 1 <= self.capacity:
             return
-        grown = []
-        for b in self.buffers:
-            buf = self._alloc(b, self.rows, 2 * self.capacity)
-            buf[:, :, :self.capacity] = b
-            grown.append(buf)
-        self.buffers, self.io = grown, None
+        self.buffers, self.io = self._extended(self.buffers, 2 * self.capacity), None
+
+
+def _move_rows(cache: BatchCache, buffers: list[np.ndarray], first: int) -> None:
+    """Row r of a padded batch cache into buffer row first + r: its valid columns, in order, from index 0."""
+    for r in range(cache.rows):
+        at = 0
+        for start, stop in _runs(cache.valid[r]):  # slices: a gather along the column axis is 30x slower
+            for buf, a in zip(buffers, cache.kv):
+                buf[first + r, :, at:at + stop - start] = a[r, :, start:stop]
+            at += stop - start
 
 
 def _runs(valid: np.ndarray) -> list[tuple[int, int]]:

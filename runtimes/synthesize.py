@@ -101,7 +101,10 @@ def pick_variant(model: Path, variant: str) -> str:
     takes the first exported backbone of fp32, fp16, int8, q8_0, q4_0, q4_128, w8a8 (the most exact first), as
     `fast` when that backbone is w8a8 without its own step graph but with fast's (an `--outtype fast` folder)."""
     if variant != "auto":
-        split_variant(variant)
+        try:
+            split_variant(variant)
+        except BadInput as err:
+            raise BadInput(f"--variant: {err.problem}") from None
         return variant
     folder = Path(model)
     for v in VARIANTS[1:]:
