@@ -62,12 +62,19 @@ def verify_backbone(model: UniformValleModel, folder: Path, variant: str) -> Ver
 
 
 def _cached_steps(backend, rows: np.ndarray, pos: np.ndarray, start: int, reserve: int | None = None):
-    """Hidden states of positions start.. fed one at a time after a prefill of the first `start`, through
-    the backend's own cached path (the step graph where it has one)."""
-    from runtimes.onnx_step import StepCache
+    """Hidden states of positions start.. fed one at a time after a prefill of the first `start`, as the
+    backend's cached AR steps run: on its step graph where it has one (`reserve` positions of room after the
+    prefill: 1 forces regrowths), else on the backbone with the growing past."""
+    from runtimes.onnx_step import FIRST_FREE, StepCache
 
-    backend._past, backend._cached = None, 0
-    backend._append_hidden(rows[:start], pos[:start])
-    if reserve is not None:
-        backend._past = StepCache.from_past(backend._past, reserve)
-    return np.concatenate([backend._append_hidden(rows[i:i + 1], pos[i:i + 1]) for i in range(start, len(rows))])
+    _, past = backend.hidden(rows[:start], pos[:start], True)
+    steps = range(start, len(rows))
+    if backend.step_runner is None:
+        out = []
+        for i in steps:
+            hidden, past = backend.hidden(rows[i:i + 1], pos[i:i + 1], True, past)
+            out.append(hidden)
+        return np.concatenate(out)
+    cache = StepCache.from_past(past, FIRST_FREE if reserve is None else reserve)
+    return np.concatenate([backend.step_runner.step(cache, backend.weights.embed(rows[i:i + 1]), pos[i:i + 1])
+                           for i in steps])
