@@ -13,7 +13,11 @@ with every export a row needs). Input: 62 phonemes, language 0, no prompt. Each 
 and RTF = (AR + NAR + Vocos decode) / audio seconds. Codes and Vocos audio are compared with the exact
 `onnx-fp32` row: level-0 / all-level token agreement and the waveform's relative error.
 
-Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache): `onnx-<variant>` (any ONNX variant word:
+Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache; `@2sent` gives the phonemes as two
+sentences, each with its start / end markers (64 phonemes), as the original's default sentence split makes
+of a two-sentence text: their AR steps together in one batch as `synthesize` runs them on ONNX, each forced
+to half the frames, then each sentence's NAR levels; its accuracy is against `onnx-fp32@2sent`):
+`onnx-<variant>` (any ONNX variant word:
 fp32, int8, q8_0, q4_0, q4_128, w8a8, `fast`, or STEP+BACKBONE), `ggml-<gguf type>`, `llamacpp-<gguf type>`,
 `hybrid-<gguf type>+<onnx variant>` (a model folder holding both; AR on ggml, NAR on onnxruntime, opened by
 `--backend auto` exactly as `synthesize` does), and `torch-recompute`: the original's loop (torch reference,
@@ -54,6 +58,8 @@ DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-fast", "onnx-q8_0+w8a8", "
 DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-fast"]
 RECOMPUTE_PROBES = 3  # torch-recompute: passes timed at the start, middle and end lengths
 EXACT_ROW = "onnx-fp32"  # the rows' accuracy is measured against this one (it runs first)
+SENTENCES_SUFFIX = "2sent"  # a row `onnx-<variant>@2sent`: the phonemes as 2 sentences whose AR steps together
+SENTENCE_SPLIT = 2
 CAVEAT = ("Caveat: these numbers hold for an idle machine. Other processes on these cores (see the load average "
           "printed before and after each row) slow every row; rerun when the 1-minute load is below 1.")
 
@@ -158,6 +164,44 @@ def recompute_ar(backend, cond, frames: int) -> dict:
             "step_first_ms": 1000 * secs[0], "step_last_ms": 1000 * secs[-1]}
 
 
+def sentences(cond, n: int):
+    """The same phonemes as `n` sentences (each with its own start / end markers): a text the original splits
+    by sentence by default (`--split-text-by sentences`), each sentence synthesized on its own."""
+    from runtimes.pipeline import Conditioning
+
+    return [Conditioning(np.concatenate([[1], m, [2]]).astype(np.int64), cond.lang, None)
+            for m in np.array_split(cond.phn[1:-1], n)]
+
+
+def forced_ar_together(backend, conds: list, frames: int) -> tuple[list[np.ndarray], float, float, int]:
+    """Greedy level 0 of every sentence stepping in one batch (as `synthesize` runs a text's sentences on
+    ONNX), each forced to `frames` (the stop token excluded): codes, seconds, of which prefill, batched steps."""
+    from runtimes.ar_batch import ArBatch, ArRow
+    from valle_export import names
+
+    head = backend.head_logits
+
+    def no_stop(hidden, which):
+        out = head(hidden, which)
+        if which == names.HEAD_AR:
+            out[..., AUDIO_TOKENS:] = -np.inf
+        return out
+
+    backend.head_logits = no_stop
+    try:
+        rows = [ArRow(c, frames) for c in conds]
+        t, steps = time.perf_counter(), 0
+        batch = ArBatch(backend)
+        batch.admit(rows)
+        prefill = time.perf_counter() - t
+        while len(batch):
+            batch.step()
+            steps += 1
+        return [r.result for r in rows], time.perf_counter() - t, prefill, steps
+    finally:
+        del backend.head_logits
+
+
 def nar_levels(backend, cond, codes0: np.ndarray) -> tuple[np.ndarray, float, int]:
     from runtimes.pipeline import generate_nar
 
@@ -208,7 +252,26 @@ def measure(row: str, work: Path, threads: int, seconds: float, modalities: list
     from valle_export import sequence as seq
 
     backend.logits(seq.ar_pass(layout, warm.phn, 0, None, [1, 2, 3]))  # warm-up: first-call allocations
-    if "ar+nar" in modalities:
+    pieces = SENTENCE_SPLIT if row.endswith("@" + SENTENCES_SUFFIX) else 1
+    if "ar+nar" in modalities and pieces > 1:
+        conds = sentences(cond, pieces)
+        per = frames // pieces
+        codes0, ar_s, prefill_s, steps = forced_ar_together(backend, conds, per)
+        nar_s, parts = 0.0, []
+        for c, c0 in zip(conds, codes0):
+            part, secs, passes = nar_levels(backend, c, c0)
+            nar_s, parts = nar_s + secs, parts + [part]
+        codes = np.concatenate(parts)
+        result.update({"ar_s": ar_s, "step_ms": 1000 * (ar_s - prefill_s) / steps, "step_first_ms": float("nan"),
+                       "step_last_ms": float("nan"), "ar_extrapolated": False, "rows": pieces,
+                       "context_first": int(len(conds[0].phn) + 3), "context_last": int(len(conds[0].phn) + 2 + per),
+                       "nar_s": nar_s, "nar_pass_ms": 1000 * nar_s / (passes * pieces),
+                       "nar_positions": int(len(seq.nar_pass(layout, conds[0].phn, cond.lang, None,
+                                                             codes[:per, :1], 1).rows))})
+        dec, audio = decode_all(work, codes, threads)
+        result.update(dec)
+        np.savez(work / f"e2e.{row}.npz", codes=codes, audio=audio if audio is not None else np.zeros(0))
+    elif "ar+nar" in modalities:
         if row == "torch-recompute":
             result.update(recompute_ar(backend, cond, frames))
             codes0 = np.random.default_rng(1).integers(0, AUDIO_TOKENS, frames)
@@ -227,7 +290,7 @@ def measure(row: str, work: Path, threads: int, seconds: float, modalities: list
         result.update(dec)
         np.savez(work / f"e2e.{row}.npz", codes=codes, audio=audio if audio is not None else np.zeros(0))
     ref = work / f"e2e.{EXACT_ROW}.npz"
-    if "ar+nar" in modalities and row not in (EXACT_ROW, "torch-recompute") and ref.exists():
+    if "ar+nar" in modalities and row not in (EXACT_ROW, "torch-recompute") and ref.exists() and pieces == 1:
         from benchmarks.accuracy import teacher_forced
 
         result["teacher_forced"] = teacher_forced(backend, cond, np.load(ref)["codes"])
@@ -328,7 +391,7 @@ def add_floors(r: dict, work: Path, bandwidth: float, peak: float, int_peak: flo
     if "step_ms" in r:
         kv_type_bytes = 2 if r["row"].endswith("@f16kv") else 4
         mean_ctx = (r["context_first"] + r["context_last"]) / 2
-        kv = 2 * layers * mean_ctx * d * kv_type_bytes
+        kv = 2 * layers * mean_ctx * d * kv_type_bytes * r.get("rows", 1)  # a batched step reads every row's
         r["ar_floor_ms"] = 1000 * (weight_bytes(work, r["row"]) + kv) / bandwidth
     if "nar_pass_ms" in r:
         n = r["nar_positions"]  # weight GEMMs at the integer or float peak, attention (float) at the float peak
@@ -342,15 +405,13 @@ def add_accuracy(results: list[dict], work: Path, exact: str = "onnx-fp32") -> N
     from benchmarks.accuracy import free_running
     from valle_export import contracts
 
-    ref_path = work / f"e2e.{exact}.npz"
-    if not ref_path.exists():
-        return
-    ref = np.load(ref_path)
     for r in results:
         path = work / f"e2e.{r['row']}.npz"
-        if r["row"] == "torch-recompute" or not path.exists():
+        same_input = f"{exact}@{SENTENCES_SUFFIX}" if r["row"].endswith("@" + SENTENCES_SUFFIX) else exact
+        ref_path = work / f"e2e.{same_input}.npz"
+        if r["row"] in ("torch-recompute", same_input) or not path.exists() or not ref_path.exists():
             continue
-        got = np.load(path)
+        ref, got = np.load(ref_path), np.load(path)
         r["free_running"] = free_running(got["codes"], ref["codes"])
         if got["audio"].size and got["audio"].shape == ref["audio"].shape:
             r["wave_rel"] = contracts.rel_error(got["audio"], ref["audio"])
@@ -381,8 +442,13 @@ def print_tables(results: list[dict], args, bandwidth: float, peaks: tuple[float
         dec = r.get("vocos_s", r.get("encodec_s", 0.0))
         total = r["ar_s"] + r["nar_s"] + dec
         name = r["row"] + (" (AR extrapolated from 3 passes)" if r.get("ar_extrapolated") else "")
-        step = (f"{r['step_first_ms']:.1f} / {r['step_ms']:.1f} / {r['step_last_ms']:.1f}" if "step_ms" in r else
-                f"{r['step_first_ms']:.0f} / - / {r['step_last_ms']:.0f}")
+        if r.get("rows", 1) > 1:
+            name += f" ({r['rows']} sentences, AR together; steps are batched)"
+            step = f"- / {r['step_ms']:.1f} / -"
+        elif "step_ms" in r:
+            step = f"{r['step_first_ms']:.1f} / {r['step_ms']:.1f} / {r['step_last_ms']:.1f}"
+        else:
+            step = f"{r['step_first_ms']:.0f} / - / {r['step_last_ms']:.0f}"
         ar_ratio = f"{r['step_ms'] / r['ar_floor_ms']:.2f}x ({r['ar_floor_ms']:.1f})" if "ar_floor_ms" in r else "-"
         nar_ratio = f"{r['nar_pass_ms'] / r['nar_floor_ms']:.2f}x" if "nar_floor_ms" in r else "-"
         fr, tf = r.get("free_running"), r.get("teacher_forced")

@@ -223,3 +223,41 @@ def test_text_front_end(exported, tts, tmp_path):  # noqa: F811
             "try:\n to_hiragana('日本')\nexcept Exception as e:\n print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
     assert out.startswith("Japanese text needs the pykakasi package") and "\n" not in out, out
+
+
+def test_sentences_step_together_with_the_seeded_audio_of_apart_and_of_the_server(tts):
+    """Independent sentences of one text step their AR in one batch (ONNX): sampled and seeded, the codes and
+    audio equal those of the sentences run one after the other, and the server engine's for the same seed
+    (one seeding rule: sentence i draws from default_rng([seed, i]))."""
+    from runtimes.engine import Audio, Engine
+    from runtimes.samplers import SamplerSettings
+    from runtimes.synthesize import SynthesisSettings
+
+    settings = SynthesisSettings(modality="ar+nar", ar=SamplerSettings(temperature=1.0, top_k=40),
+                                 nar=SamplerSettings(temperature=0.7), seed=7, max_duration=1.5)
+    text = _ipa(" ".join(SENTENCES))
+    backend = tts.backend
+    assert hasattr(backend, "batch_hidden"), "the demo export is ONNX (batched passes)"
+    calls = []
+    batch_hidden = backend.batch_hidden
+    backend.batch_hidden = lambda *a, **k: calls.append(1) or batch_hidden(*a, **k)
+    try:
+        together = tts.speak_detailed(text, None, settings)
+        stepped_together = len(calls)
+        tts.batch_sentences = False
+        apart = tts.speak_detailed(text, None, settings)
+    finally:
+        tts.batch_sentences = True
+        del backend.batch_hidden
+    assert stepped_together > 1 and len(calls) == stepped_together, \
+        f"{stepped_together} batched calls together, {len(calls) - stepped_together} apart"
+    for i, (a, b) in enumerate(zip(together.codes, apart.codes)):
+        assert np.array_equal(a, b), f"sentence {i}: together {a[:4, 0]}.. apart {b[:4, 0]}.."
+    assert np.array_equal(together.audio, apart.audio)
+    engine = Engine(tts)
+    try:
+        served = [e.codes for e in engine.stream(tts.pieces(text, "sentences"), None, settings) if isinstance(e, Audio)]
+    finally:
+        engine.close()
+    assert len(served) == 3 and all(np.array_equal(a, b) for a, b in zip(served, together.codes)), \
+        "the server's audio for the same seed differs from synthesize's"

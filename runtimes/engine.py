@@ -10,10 +10,10 @@ sentences and hands them to their request in order. The NAR unit takes the sente
 first and keeps them until they are decoded (a queue in arrival order: finish-first, and no sentence waits
 behind later arrivals), instead of round-robin, where every sentence in NAR finished together.
 
-Seeding rule (documented in the README): sentence i of a request with seed s draws from
-`np.random.default_rng([s, i])` for its AR steps then its NAR levels, as `synthesize` threads one generator,
-so a seeded request gives the same audio alone or under any load. Backends without `batch_hidden`
-(llama.cpp, ggml) run one sentence at a time through the unbatched pipeline, with the same rule.
+Seeding rule (`synthesize.piece_generators`, the same for the CLI and the Python API): sentence i of a
+request with seed s draws from `np.random.default_rng([s, i])` for its AR steps then its NAR levels, so a
+seeded request gives the same audio alone, under any load, or from `synthesize`. Backends without
+`batch_hidden` (llama.cpp, ggml) run one sentence at a time through the unbatched pipeline, same rule.
 Imports: numpy, the pipeline and its batch steppers (no HTTP, no torch).
 """
 from __future__ import annotations
@@ -171,8 +171,9 @@ class Engine:
             job.id = next(self._ids)
             self._jobs[job.id] = job
             frames = int(settings.max_duration * self.layout.frame_rate)
+            rngs = synth.piece_generators(seed, len(pieces))
             for i, (phn, lang, _) in enumerate(pieces):
-                s = Sentence(job, i, Conditioning(phn, lang, prompt), np.random.default_rng([seed, i]), frames)
+                s = Sentence(job, i, Conditioning(phn, lang, prompt), rngs[i], frames)
                 heapq.heappush(self._waiting, (i, job.id, next(self._order), s))
             self._wake.notify()
         return job

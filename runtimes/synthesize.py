@@ -185,11 +185,19 @@ def _pad_for_decoder(codes: np.ndarray, minimum: int) -> np.ndarray:
     return np.concatenate([codes, np.repeat(codes[-1:], minimum - len(codes), axis=0)])
 
 
+def piece_generators(seed: int | None, pieces: int) -> list[np.random.Generator]:
+    """The seeding rule, one for the CLI, the Python API and the server: piece i of a text with seed s draws
+    from `default_rng([s, i])`, its AR steps then its NAR levels, so a piece's audio depends on its own seed
+    and position only (pieces can run together or apart, under any load, and give the same audio)."""
+    return [np.random.default_rng(None if seed is None else [seed, i]) for i in range(pieces)]
+
+
 def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np.ndarray | None,
                settings: SynthesisSettings, progress: Progress, rng: np.random.Generator,
-               context: Context | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+               context: Context | None = None, codes0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """One piece: returns (audio [samples], codes [frames, levels], summary). `settings.modality` must be
-    resolved (not `auto`); `context` holds earlier pieces (level 0 only, sliced off)."""
+    resolved (not `auto`); `context` holds earlier pieces (level 0 only, sliced off). `codes0`: level 0
+    already generated (AR+NAR pieces stepped together, `rng` then continues with the NAR levels)."""
 
     timings = {}
     task = names.TASK_IDS.get(settings.task)
@@ -199,7 +207,9 @@ def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np
     cond = Conditioning(phn, lang, prompt, context=context, task=task)
     max_frames = int(settings.max_duration * backend.layout.frame_rate)
     t = time.perf_counter()
-    if settings.modality == "ar+nar":
+    if codes0 is not None:
+        pass
+    elif settings.modality == "ar+nar":
         progress.stage("AR level 0")
         codes0 = generate_ar(backend, cond, max_frames, settings.ar, rng, guidance=settings.guidance)
         timings["ar_s"] = time.perf_counter() - t

@@ -40,6 +40,9 @@ class Speech:
     summary: dict
 
 
+AR_ROWS_TOGETHER = 4  # pieces of one text whose AR steps together (KV: 4 x 12 s x 98 KB per position, fp32)
+
+
 class Synthesizer:
     def __init__(self, model: Path, backend, codec, tokenizer: str | None, config: dict,
                  progress: Progress | None = None):
@@ -47,6 +50,7 @@ class Synthesizer:
         self.tokenizer = text_frontend.PhonemeTokenizer(tokenizer) if tokenizer else None
         self.config = config
         self.progress = progress or Progress(quiet=True)
+        self.batch_sentences = True  # step independent pieces' AR together where the backend batches
 
     @classmethod
     def open(cls, model: str | os.PathLike, backend: str = "auto", codec: str | os.PathLike | None = None,
@@ -136,22 +140,27 @@ class Synthesizer:
                        **overrides) -> Speech:
         settings = dataclasses.replace(settings or synth.SynthesisSettings(), **overrides)
         settings = dataclasses.replace(settings, modality=self.modality(settings.modality))
-        rng = np.random.default_rng(settings.seed)
         t = time.perf_counter()
         pieces = self.pieces(inp, settings.split_text_by)
+        rngs = synth.piece_generators(settings.seed, len(pieces))
         timings = {"text_s": time.perf_counter() - t}
         t = time.perf_counter()
         if voice is not None:
             self.progress.stage("voice -> prompt codes")
         prompt = self._prompt(voice, settings.prompt_seconds)
         timings["prompt_s"] = time.perf_counter() - t
+        level0: dict[int, np.ndarray] = {}
+        if self._steps_sentences_together(settings, len(pieces)):
+            t = time.perf_counter()
+            level0 = self._level0_together(pieces, prompt, settings, rngs)
+            timings["ar_s"] = time.perf_counter() - t
         audio, codes, history, phonemes = [], [], [], 0
         for i, (phn, lang, piece) in enumerate(pieces, 1):
             if len(pieces) > 1:
                 self.progress.stage(f"piece {i}/{len(pieces)}: {piece[:60]}")
             context = _context(history, settings.context_history)
             wave, piece_codes, summary = synth.synthesize(self.backend, self.codec, phn, lang, prompt, settings,
-                                                          self.progress, rng, context)
+                                                          self.progress, rngs[i - 1], context, level0.get(i - 1))
             audio.append(wave)
             codes.append(piece_codes)
             history.append((phn, piece_codes[:, 0]))
@@ -160,6 +169,36 @@ class Synthesizer:
                 timings[k] = timings.get(k, 0.0) + v
         joined = np.concatenate(audio).astype(np.float32)
         return Speech(joined, self.codec.sample_rate, codes, self._summary(settings, codes, joined, timings, phonemes))
+
+    def _steps_sentences_together(self, settings: synth.SynthesisSettings, pieces: int) -> bool:
+        """Whether the pieces' AR runs as one batch: independent AR+NAR TTS pieces (no context history) on a
+        backend with batched passes. Each row equals its run alone and draws from its own generator, so
+        the audio is the same either way; it is only faster (the AR step is weight-bound)."""
+        return (self.batch_sentences and pieces > 1 and settings.modality == "ar+nar" and settings.task == "tts"
+                and settings.context_history == 0 and hasattr(self.backend, "batch_hidden"))
+
+    def _level0_together(self, pieces, prompt, settings: synth.SynthesisSettings,
+                         rngs: list[np.random.Generator]) -> dict[int, np.ndarray]:
+        """Level 0 of every piece, up to AR_ROWS_TOGETHER pieces stepping in one batch at a time."""
+        from .ar_batch import ArBatch, ArRow
+        from .pipeline import Conditioning
+
+        max_frames = int(settings.max_duration * self.backend.layout.frame_rate)
+        out: dict[int, np.ndarray] = {}
+        for first in range(0, len(pieces), AR_ROWS_TOGETHER):
+            chunk = range(first, min(first + AR_ROWS_TOGETHER, len(pieces)))
+            self.progress.stage(f"AR level 0, pieces {chunk.start + 1}-{chunk.stop} of {len(pieces)} together")
+            rows = [ArRow(Conditioning(pieces[i][0], pieces[i][1], prompt), max_frames, settings.ar, rngs[i],
+                          settings.guidance, tag=i) for i in chunk]
+            batch = ArBatch(self.backend)
+            batch.admit(rows)
+            while len(batch):
+                batch.step()
+            for row in rows:
+                if len(row.result) == 0:
+                    raise BadInput("the model stopped before producing any frame (try another seed or a prompt)")
+                out[row.tag] = row.result
+        return out
 
     def _summary(self, settings, codes, audio, timings, phonemes) -> dict:
         total, seconds = sum(timings.values()), len(audio) / self.codec.sample_rate
