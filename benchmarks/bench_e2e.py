@@ -13,10 +13,11 @@ with every export a row needs). Input: 62 phonemes, language 0, no prompt. Each 
 and RTF = (AR + NAR + Vocos decode) / audio seconds. Codes and Vocos audio are compared with the exact
 `onnx-fp32` row: level-0 / all-level token agreement and the waveform's relative error.
 
-Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache; `@2sent` gives the phonemes as two
-sentences, each with its start / end markers (64 phonemes), as the original's default sentence split makes
-of a two-sentence text: their AR steps together in one batch as `synthesize` runs them on ONNX, each forced
-to half the frames, then each sentence's NAR levels; its accuracy is against `onnx-fp32@2sent`):
+Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache; `@<n>sent`, e.g. `@2sent`, gives the
+phonemes as n sentences, each with its start / end markers (60 + 2n phonemes), as the original's default
+sentence split makes of an n-sentence text: their AR steps together in one batch as `synthesize` runs them
+on ONNX, each forced to 1/n of the frames, then each sentence's NAR levels; its accuracy is against
+`onnx-fp32@<n>sent`):
 `onnx-<variant>` (any ONNX variant word:
 fp32, int8, q8_0, q4_0, q4_128, w8a8, `fast`, or STEP+BACKBONE), `ggml-<gguf type>`, `llamacpp-<gguf type>`,
 `hybrid-<gguf type>+<onnx variant>` (a model folder holding both; AR on ggml, NAR on onnxruntime, opened by
@@ -58,8 +59,13 @@ DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-fast", "onnx-q8_0+w8a8", "
 DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-fast"]
 RECOMPUTE_PROBES = 3  # torch-recompute: passes timed at the start, middle and end lengths
 EXACT_ROW = "onnx-fp32"  # the rows' accuracy is measured against this one (it runs first)
-SENTENCES_SUFFIX = "2sent"  # a row `onnx-<variant>@2sent`: the phonemes as 2 sentences whose AR steps together
-SENTENCE_SPLIT = 2
+SENTENCES_SUFFIX = "sent"  # a row `onnx-<variant>@<n>sent`: the phonemes as n sentences whose AR steps together
+
+
+def sentence_count(row: str) -> int:
+    """n of a row's `@<n>sent` suffix (1 without one)."""
+    suffix = row.partition("@")[2]
+    return int(suffix[:-len(SENTENCES_SUFFIX)]) if suffix.endswith(SENTENCES_SUFFIX) else 1
 CAVEAT = ("Caveat: these numbers hold for an idle machine. Other processes on these cores (see the load average "
           "printed before and after each row) slow every row; rerun when the 1-minute load is below 1.")
 
@@ -252,7 +258,7 @@ def measure(row: str, work: Path, threads: int, seconds: float, modalities: list
     from valle_export import sequence as seq
 
     backend.logits(seq.ar_pass(layout, warm.phn, 0, None, [1, 2, 3]))  # warm-up: first-call allocations
-    pieces = SENTENCE_SPLIT if row.endswith("@" + SENTENCES_SUFFIX) else 1
+    pieces = sentence_count(row)
     if "ar+nar" in modalities and pieces > 1:
         conds = sentences(cond, pieces)
         per = frames // pieces
@@ -407,7 +413,8 @@ def add_accuracy(results: list[dict], work: Path, exact: str = "onnx-fp32") -> N
 
     for r in results:
         path = work / f"e2e.{r['row']}.npz"
-        same_input = f"{exact}@{SENTENCES_SUFFIX}" if r["row"].endswith("@" + SENTENCES_SUFFIX) else exact
+        n = sentence_count(r["row"])
+        same_input = f"{exact}@{n}{SENTENCES_SUFFIX}" if n > 1 else exact
         ref_path = work / f"e2e.{same_input}.npz"
         if r["row"] in ("torch-recompute", same_input) or not path.exists() or not ref_path.exists():
             continue
