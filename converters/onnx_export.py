@@ -168,11 +168,11 @@ def export_onnx(model: UniformValleModel, out_dir: Path, opset: int = 23, dtype:
     if not 18 <= opset <= 23:
         raise BadInput(f"--opset {opset}: supported opsets are 18..23")
     name = graphs.backbone_file(variant)
-    if step_variant != variant and not step_graph_supported(model):
+    has_step_graph = step_graph_supported(model)
+    if step_variant != variant and not has_step_graph:
         raise BadInput(f"--outtype {quantize}: head size {model.llama.config.head_dim} is not a multiple of "
                        f"{HEAD_DIM_MULTIPLE}, so this model has no AR step graph to pair; export one variant")
-    step_name = (graphs.step_file(step_variant) if step_variant != "fp16" and step_graph_supported(model)
-                 else None)
+    step_name = graphs.step_file(step_variant) if step_variant != "fp16" and has_step_graph else None
     with atomic_dir(out_dir) as tmp:
         work = Path(tempfile.mkdtemp(dir=tmp, prefix=".work"))
         progress.stage(f"exporting backbone ({dtype}, opset {opset}, {model.cfg.n_layers} layers)")

@@ -134,7 +134,6 @@ output_option = click.option("-o", "--output", "output", type=opt.OUTPUT, defaul
 
 def _output(positional: Path | None, option: Path | None, what: str = "OUT_DIR") -> Path:
     """Every writer takes `-o/--output`; the older positional form still works. One of them, once."""
-
     if positional is not None and option is not None and positional != option:
         raise BadInput(f"give the output once: {what} or -o/--output")
     out = option if option is not None else positional
@@ -150,6 +149,10 @@ lora_option = click.option("--lora", type=click.Path(path_type=Path), default=No
                                 "W + (alpha/rank) B A on q, v, o, gate, up, down.")
 # Existing folders each export refuses to write into (an export never lands in a checkpoint folder).
 _NOT_FOR_UNIFORM = (FolderKind.CHECKPOINT, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
+_NOT_FOR_ONNX = (FolderKind.CHECKPOINT, FolderKind.UNIFORM, FolderKind.HF_CODEC)
+_NOT_FOR_CHECKPOINT = (FolderKind.UNIFORM, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
+
+
 def _variant_word(ctx, param, value: str) -> str:
     """--variant checked at parse time (one usage line before any work): auto, a variant, fast, or a pair."""
     if value != "auto":
@@ -158,10 +161,6 @@ def _variant_word(ctx, param, value: str) -> str:
         except BadInput as err:
             raise click.BadParameter(err.problem) from None
     return value
-
-
-_NOT_FOR_ONNX = (FolderKind.CHECKPOINT, FolderKind.UNIFORM, FolderKind.HF_CODEC)
-_NOT_FOR_CHECKPOINT = (FolderKind.UNIFORM, FolderKind.ONNX, FolderKind.CODEC, FolderKind.HF_CODEC)
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -208,7 +207,6 @@ def convert_cmd(ckpt: Path, out_dir: Path | None, output: Path | None, lora: Pat
 def demo_checkpoint_cmd(out: Path | None, output: Path | None, size: str, seed: int, hidden_act: str, positions: str,
                         masks: str, capabilities: str, quiet: bool) -> None:
     """Write a seeded random-weight native checkpoint (OUT/fp32.sft); `--size full` is the released shape."""
-
     out = _output(out, output, "OUT")
 
     check_output(out, folder=True, refused_kinds=_NOT_FOR_CHECKPOINT)
@@ -245,7 +243,6 @@ def demo_checkpoint_cmd(out: Path | None, output: Path | None, size: str, seed: 
 def onnx_cmd(model: Path, out_dir: Path | None, output: Path | None, opset: int, outtype: str | None,
              dtype: str | None, quantize: str | None, lora: Path | None, quiet: bool) -> None:
     """Export MODEL (native checkpoint or uniform folder) to ONNX in OUT_DIR, verified against the reference."""
-
     out_dir = _output(out_dir, output)
     if outtype is not None:
         if dtype is not None or quantize is not None:
@@ -404,7 +401,6 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
     from runtimes.text import check_espeak_language
     from valle_export import audio
 
-
     check_output(out, [model, *prompt, voice, tokenizer, synth.codec_folder(model, codec_dir), lora])
     if prompt and voice is not None:
         raise BadInput("give --prompt or --voice, not both")
@@ -489,7 +485,6 @@ def serve_cmd(model: Path, host: str, port: int, backend: str, variant: str, cod
               n_ctx: int) -> None:
     """Serve MODEL over HTTP: OpenAI's POST /v1/audio/speech, voices, metrics and a web page at /."""
     import os
-
 
     if not use_ray and (replicas is not None or autoscale is not None or ray_address is not None):
         raise BadInput("--replicas, --autoscale and --ray-address need --ray")
@@ -630,7 +625,6 @@ def transcribe_cmd(model: Path, audio: Path, lang: str, backend: str, codec_dir:
 def encodec_cmd(paths: tuple[Path, ...], output: Path | None, seed: int, quiet: bool) -> None:
     """Export EnCodec 24 kHz (6 kbps, 8 codebooks) as ONNX encoder and decoder graphs. WEIGHTS: a transformers
     folder or an original `encodec_24khz-*.th` state dict; without it, the seeded random-weight default."""
-
     if len(paths) > 2 or (output is not None and len(paths) > 1):
         raise BadInput("expected [WEIGHTS] OUT_DIR, or [WEIGHTS] -o OUT_DIR")
     if output is not None:
@@ -832,7 +826,6 @@ def generate_cmd(model: Path, phonemes: str, lang: str, prompt_frames: int, max_
     from reference_model.backend import TorchBackend
     from reference_model.load import load_reference
     from runtimes.pipeline import Conditioning, generate_ar, generate_nar
-
 
     try:
         phn = np.array([int(x) for x in phonemes.split(",")], dtype=np.int64)
