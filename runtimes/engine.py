@@ -170,7 +170,7 @@ class Engine:
                 raise QueueFull(self._retry_after())
             job.id = next(self._ids)
             self._jobs[job.id] = job
-            frames = int(settings.max_duration * self.layout.frame_rate)
+            frames = settings.max_frames(self.layout.frame_rate)
             rngs = synth.piece_generators(seed, len(pieces))
             for i, (phn, lang, _) in enumerate(pieces):
                 s = Sentence(job, i, Conditioning(phn, lang, prompt), rngs[i], frames)

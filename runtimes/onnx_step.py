@@ -101,8 +101,8 @@ class StepCache:
     def joined(self, other: "StepCache | BatchCache") -> "StepCache":
         """This cache's rows, then `other`'s (a backbone prefill's batch cache or another step cache)."""
         step = isinstance(other, StepCache)
-        widest = int(other.lengths.max(initial=0) if step else other.lengths().max(initial=0))
-        capacity = max(self.capacity, other.capacity if step else widest + BATCH_FREE)
+        other_lengths = other.lengths if step else other.lengths()
+        capacity = max(self.capacity, other.capacity if step else int(other_lengths.max(initial=0)) + BATCH_FREE)
         buffers = [self._alloc(a, self.rows + other.rows, capacity) for a in self.buffers]
         for buf, a in zip(buffers, self.buffers):
             buf[:self.rows, :, :a.shape[2]] = a
@@ -111,8 +111,7 @@ class StepCache:
                 buf[self.rows:, :, :b.shape[2]] = b
         else:
             _move_rows(other, buffers, self.rows)
-        lengths = np.concatenate([self.lengths, other.lengths if step else other.lengths()])
-        return StepCache(buffers, lengths)
+        return StepCache(buffers, np.concatenate([self.lengths, other_lengths]))
 
     def _fit_next_step(self) -> None:
         """Double the capacity when the longest row has no room for one more position."""

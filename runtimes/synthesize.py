@@ -46,6 +46,10 @@ class SynthesisSettings:
     context_history: int = 0
     task: str = "tts"  # or ns / sr (names.TASK_IDS): the task row before the prompt, output as long as the prompt
 
+    def max_frames(self, frame_rate: float) -> int:
+        """The AR frame cap `max_duration` allows (every path that generates level 0 stops here)."""
+        return int(self.max_duration * frame_rate)
+
     @property
     def guidance(self) -> Guidance:
         return Guidance(self.cfg_strength, self.cfg_rescale)
@@ -205,7 +209,7 @@ def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np
         raise BadInput(f"--task {settings.task} works on the prompt's audio: give --prompt" if task is not None
                        else f"unknown task {settings.task!r} (tts, {', '.join(names.TASK_IDS)})")
     cond = Conditioning(phn, lang, prompt, context=context, task=task)
-    max_frames = int(settings.max_duration * backend.layout.frame_rate)
+    max_frames = settings.max_frames(backend.layout.frame_rate)
     t = time.perf_counter()
     if codes0 is not None:
         pass

@@ -183,7 +183,7 @@ class Synthesizer:
         from .ar_batch import ArBatch, ArRow
         from .pipeline import Conditioning
 
-        max_frames = int(settings.max_duration * self.backend.layout.frame_rate)
+        max_frames = settings.max_frames(self.backend.layout.frame_rate)
         out: dict[int, np.ndarray] = {}
         for first in range(0, len(pieces), AR_ROWS_TOGETHER):
             chunk = range(first, min(first + AR_ROWS_TOGETHER, len(pieces)))
@@ -194,10 +194,7 @@ class Synthesizer:
             batch.admit(rows)
             while len(batch):
                 batch.step()
-            for row in rows:
-                if len(row.result) == 0:
-                    raise BadInput("the model stopped before producing any frame (try another seed or a prompt)")
-                out[row.tag] = row.result
+            out.update((row.tag, row.result) for row in rows)  # an empty one is refused by synthesize()
         return out
 
     def _summary(self, settings, codes, audio, timings, phonemes) -> dict:
