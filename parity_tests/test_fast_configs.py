@@ -69,6 +69,36 @@ def test_quantized_variant_tokens_and_batches(onnx_export, variant):
         assert contracts.within(err, contracts.BATCH_INVARIANT_REL), f"{variant} {spec.head}: batch vs alone {err:.2e}"
 
 
+@pytest.mark.parametrize("opset", [17, 23])  # below 21: Div then QuantizeLinear; from 21: one blocked QuantizeLinear
+def test_w8a8_quantizes_each_row_alone(tmp_path, opset):
+    """w8a8's arithmetic, written out in numpy: each activation row its own scale (max |x| / 127, zero point
+    128), each weight column its own; rows of very different sizes and an all-zero row in one call."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converters.onnx_quant import _quantize_columns, quantize_w8a8
+
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((64, 48)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "one_matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "rows", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), tmp_path / "fp32.onnx")
+    quantize_w8a8(tmp_path / "fp32.onnx", tmp_path / "w8a8.onnx")
+    import onnxruntime as ort
+
+    x = rng.standard_normal((2, 5, 64)).astype(np.float32) * np.array([1e-3, 1, 30, 1e4, 0], np.float32)[None, :, None]
+    got = ort.InferenceSession(str(tmp_path / "w8a8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    row_scale = np.maximum(np.abs(x).max(-1, keepdims=True), 1e-30) / np.float32(127)
+    codes = np.clip(np.rint(x / row_scale), -128, 127).astype(np.int64)
+    wq, col_scale = _quantize_columns(weight)
+    want = (codes @ wq.astype(np.int64)).astype(np.float32) * col_scale * row_scale
+    err = contracts.rel_error(got, want)
+    assert err < 1e-6 and not got[:, 4].any(), f"w8a8 (opset {opset}) vs its numpy arithmetic: rel error {err:.2e}"
+    assert contracts.rel_error(got, x @ weight) < 0.02, "w8a8 far from the float product"
+
+
 # --- hybrid folder --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hybrid(tmp_path_factory, demo_checkpoint):
