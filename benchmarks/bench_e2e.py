@@ -16,7 +16,7 @@ and RTF = (AR + NAR + Vocos decode) / audio seconds. Codes and Vocos audio are c
 Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache; `@<n>sent`, e.g. `@2sent`, gives the
 phonemes as n sentences, each with its start / end markers (60 + 2n phonemes), as the original's default
 sentence split makes of an n-sentence text: their AR steps together in one batch as `synthesize` runs them
-on ONNX, each forced to 1/n of the frames, then each sentence's NAR levels; its accuracy is against
+on ONNX, each forced to 1/n of the frames, then each NAR level of all of them in one call; its accuracy is against
 `onnx-fp32@<n>sent`):
 `onnx-<variant>` (any ONNX variant word:
 fp32, int8, q8_0, q4_0, q4_128, w8a8, `fast`, or STEP+BACKBONE), `ggml-<gguf type>`, `llamacpp-<gguf type>`,
@@ -59,7 +59,7 @@ DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-fast", "onnx-q8_0+w8a8", "
 DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-fast"]
 RECOMPUTE_PROBES = 3  # torch-recompute: passes timed at the start, middle and end lengths
 EXACT_ROW = "onnx-fp32"  # the rows' accuracy is measured against this one (it runs first)
-SENTENCES_SUFFIX = "sent"  # a row `onnx-<variant>@<n>sent`: the phonemes as n sentences whose AR steps together
+SENTENCES_SUFFIX = "sent"  # a row `onnx-<variant>@<n>sent`: the phonemes as n sentences, run together
 
 
 def sentence_count(row: str) -> int:
@@ -216,6 +216,17 @@ def nar_levels(backend, cond, codes0: np.ndarray) -> tuple[np.ndarray, float, in
     return codes, time.perf_counter() - t, backend.layout.audio_levels - 1
 
 
+def nar_levels_together(backend, conds: list, codes0: list[np.ndarray]) -> tuple[float, int, list[np.ndarray]]:
+    """Greedy NAR levels of every sentence, each level of all of them in one call (as `synthesize` runs a
+    text's sentences on ONNX): seconds, levels, codes per sentence."""
+    from runtimes.pipeline import NarRow, generate_nar_together
+
+    rows = [NarRow(c, np.asarray(c0, dtype=np.int64).reshape(-1, 1)) for c, c0 in zip(conds, codes0)]
+    t = time.perf_counter()
+    generate_nar_together(backend, rows)
+    return time.perf_counter() - t, backend.layout.audio_levels - 1, [r.resp for r in rows]
+
+
 def nar_len(backend, cond, frames: int) -> tuple[np.ndarray, dict]:
     from runtimes.pipeline import DemaskSettings, demask_nar_len
 
@@ -263,10 +274,7 @@ def measure(row: str, work: Path, threads: int, seconds: float, modalities: list
         conds = sentences(cond, pieces)
         per = frames // pieces
         codes0, ar_s, prefill_s, steps = forced_ar_together(backend, conds, per)
-        nar_s, parts = 0.0, []
-        for c, c0 in zip(conds, codes0):
-            part, secs, passes = nar_levels(backend, c, c0)
-            nar_s, parts = nar_s + secs, parts + [part]
+        nar_s, passes, parts = nar_levels_together(backend, conds, codes0)
         codes = np.concatenate(parts)
         result.update({"ar_s": ar_s, "step_ms": 1000 * (ar_s - prefill_s) / steps, "step_first_ms": float("nan"),
                        "step_last_ms": float("nan"), "ar_extrapolated": False, "rows": pieces,
@@ -450,7 +458,7 @@ def print_tables(results: list[dict], args, bandwidth: float, peaks: tuple[float
         total = r["ar_s"] + r["nar_s"] + dec
         name = r["row"] + (" (AR extrapolated from 3 passes)" if r.get("ar_extrapolated") else "")
         if r.get("rows", 1) > 1:
-            name += f" ({r['rows']} sentences, AR together; steps are batched)"
+            name += f" ({r['rows']} sentences: AR steps and NAR levels batched)"
             step = f"- / {r['step_ms']:.1f} / -"
         elif "step_ms" in r:
             step = f"{r['step_first_ms']:.1f} / {r['step_ms']:.1f} / {r['step_last_ms']:.1f}"

@@ -226,9 +226,9 @@ def test_text_front_end(exported, tts, tmp_path):  # noqa: F811
 
 
 def test_sentences_step_together_with_the_seeded_audio_of_apart_and_of_the_server(tts):
-    """Independent sentences of one text step their AR in one batch (ONNX): sampled and seeded, the codes and
-    audio equal those of the sentences run one after the other, and the server engine's for the same seed
-    (one seeding rule: sentence i draws from default_rng([seed, i]))."""
+    """Independent sentences of one text step their AR in one batch and run each NAR level in one call (ONNX):
+    sampled and seeded, the codes and audio equal those of the sentences run one after the other, and the
+    server engine's for the same seed (one seeding rule: sentence i draws from default_rng([seed, i]))."""
     from runtimes.engine import Audio, Engine
     from runtimes.samplers import SamplerSettings
     from runtimes.synthesize import SynthesisSettings
@@ -238,19 +238,22 @@ def test_sentences_step_together_with_the_seeded_audio_of_apart_and_of_the_serve
     text = _ipa(" ".join(SENTENCES))
     backend = tts.backend
     assert hasattr(backend, "batch_hidden"), "the demo export is ONNX (batched passes)"
-    calls = []
-    batch_hidden = backend.batch_hidden
+    calls, nar_calls = [], []
+    batch_hidden, batch_logits = backend.batch_hidden, backend.batch_logits
     backend.batch_hidden = lambda *a, **k: calls.append(1) or batch_hidden(*a, **k)
+    backend.batch_logits = lambda specs: nar_calls.append(len(specs)) or batch_logits(specs)
     try:
         together = tts.speak_detailed(text, None, settings)
-        stepped_together = len(calls)
+        stepped_together, nar_together = len(calls), list(nar_calls)
         tts.batch_sentences = False
         apart = tts.speak_detailed(text, None, settings)
     finally:
         tts.batch_sentences = True
-        del backend.batch_hidden
+        del backend.batch_hidden, backend.batch_logits
     assert stepped_together > 1 and len(calls) == stepped_together, \
         f"{stepped_together} batched calls together, {len(calls) - stepped_together} apart"
+    levels = backend.layout.audio_levels - 1
+    assert nar_together == [3] * levels and len(nar_calls) == levels, f"NAR calls (passes each): {nar_calls}"
     for i, (a, b) in enumerate(zip(together.codes, apart.codes)):
         assert np.array_equal(a, b), f"sentence {i}: together {a[:4, 0]}.. apart {b[:4, 0]}.."
     assert np.array_equal(together.audio, apart.audio)

@@ -33,8 +33,7 @@ from valle_export.errors import BadInput
 
 from . import synthesize as synth
 from .ar_batch import ArBatch, ArRow
-from .pipeline import Conditioning, cfg_logits, demask_nar_len, generate_ar, generate_len, generate_nar
-from .samplers import sample
+from .pipeline import Conditioning, NarRow, demask_nar_len, generate_ar, generate_len, generate_nar, nar_level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,24 +335,13 @@ class Engine:
         self._finish(s)
 
     def _nar_unit(self) -> None:
-        """One NAR level of up to `nar_rows` sentences in one call (as `generate_nar`, row by row)."""
+        """One NAR level of up to `nar_rows` sentences in one call (`pipeline.nar_level`)."""
         group = list(itertools.islice(self._nar, self.config.nar_rows))  # the earliest to reach NAR
-        specs = []
-        for s in group:
-            level = s.resp.shape[1]
-            specs.append(seq.nar_pass(self.layout, s.cond.phn, s.cond.lang, s.cond.prompt, s.resp, level))
-            if s.settings.guidance.on:
-                specs.append(seq.nar_pass(self.layout, seq.null_phonemes(self.layout), s.cond.lang, None, s.resp,
-                                          level))
-        logits = iter(self.backend.batch_logits(specs))
+        rows = [NarRow(s.cond, s.resp, s.settings.nar, s.rng, s.settings.guidance) for s in group]
+        nar_level(self.backend, rows)
         self.stats.nar_units += 1
-        for s in group:
-            g = s.settings.guidance
-            out = next(logits)
-            if g.on:
-                out = cfg_logits(out, next(logits), g.strength, g.rescale)
-            nxt = sample(out, s.settings.nar, s.rng, previous=s.resp[:, -1])
-            s.resp = np.concatenate([s.resp, nxt[:, None]], axis=1)
+        for s, row in zip(group, rows):
+            s.resp = row.resp
             if s.resp.shape[1] == self.layout.audio_levels:
                 self._nar.remove(s)
                 self._finish(s)
@@ -364,10 +352,8 @@ class Engine:
         job = s.job
         if job.cancelled:
             return
-        codec = self.tts.codec
         if len(s.resp):
-            padded = synth._pad_for_decoder(s.resp, codec.decoder.min_frames)
-            audio = codec.decode(padded.T)[: len(s.resp) * codec.hop].astype(np.float32)
+            audio = synth.decode(self.tts.codec, s.resp).astype(np.float32)
         else:  # the model stopped at once: an empty sentence rather than a failed request
             audio = np.zeros(0, dtype=np.float32)
         job.ready[s.index] = Audio(s.index, audio, s.resp, job.pieces[s.index][2])

@@ -162,25 +162,59 @@ def generate_ar(backend: Backend, cond: Conditioning, max_frames: int, sampler: 
     return np.array(codes[n_prefix:], dtype=np.int64)
 
 
+@dataclasses.dataclass
+class NarRow:
+    """A piece between its level 0 and its last level: `resp` [frames, levels so far] gains one level per
+    `nar_level` call, sampled with the piece's own settings and generator."""
+
+    cond: Conditioning
+    resp: np.ndarray
+    sampler: SamplerSettings = GREEDY
+    rng: np.random.Generator | None = None
+    guidance: Guidance = Guidance()
+
+
+def nar_level(backend: Backend, rows: list[NarRow]) -> None:
+    """The next level of every row, all their passes (a guided row adds its guidance-free pass) in one call
+    on a backend with a batch axis (`batch_logits`: a NAR pass is compute-bound, and rows of one call share
+    each weight read), one call per pass otherwise. The previous level's codes feed the repetition penalty
+    and DRY, as the original's `prev_list`. A row's logits in a batch equal its own within
+    contracts.BATCH_INVARIANT_REL (the widest row sets the padding), so a sampled token is the same unless a
+    draw falls within that of a boundary."""
+    layout = backend.layout
+    specs = []
+    for row in rows:
+        level, c = row.resp.shape[1], row.cond
+        specs.append(seq.nar_pass(layout, c.phn, c.lang, c.prompt, row.resp, level, c.task))
+        if row.guidance.on:
+            specs.append(seq.nar_pass(layout, seq.null_phonemes(layout), c.lang, None, row.resp, level))
+    batch = getattr(backend, "batch_logits", None)
+    logits = iter(batch(specs) if batch is not None and len(specs) > 1 else [backend.logits(s) for s in specs])
+    for row in rows:
+        out = next(logits)
+        if row.guidance.on:
+            out = cfg_logits(out, next(logits), row.guidance.strength, row.guidance.rescale)
+        nxt = sample(out, row.sampler, row.rng, previous=row.resp[:, -1])
+        row.resp = np.concatenate([row.resp, nxt[:, None]], axis=1)
+
+
+def generate_nar_together(backend: Backend, rows: list[NarRow]) -> None:
+    """Every row's levels up to the last, one `nar_level` call per level. The rows start at the same level
+    (level 0 done); a row with no frame is left as it is."""
+    rows = [r for r in rows if len(r.resp)]
+    while rows and rows[0].resp.shape[1] < backend.layout.audio_levels:
+        nar_level(backend, rows)
+
+
 def generate_nar(backend: Backend, cond: Conditioning, codes0: np.ndarray, sampler: SamplerSettings = GREEDY,
                  rng: np.random.Generator | None = None, guidance: Guidance = Guidance()) -> np.ndarray:
-    """Levels 1..levels-1, one bidirectional (or causal, per the layout) pass each: [frames, levels]. The
-    previous level's codes feed the repetition penalty and DRY, as the original's `prev_list`."""
-    layout = backend.layout
-    resp = np.asarray(codes0, dtype=np.int64).reshape(-1, 1)
-    if len(resp) == 0:
-        return np.zeros((0, layout.audio_levels), dtype=np.int64)
-    for level in range(1, layout.audio_levels):
-        spec = seq.nar_pass(layout, cond.phn, cond.lang, cond.prompt, resp, level, cond.task)
-        if guidance.on:
-            logits, null = pair_logits(backend, spec, seq.nar_pass(layout, seq.null_phonemes(layout), cond.lang,
-                                                                   None, resp, level))
-            logits = cfg_logits(logits, null, guidance.strength, guidance.rescale)
-        else:
-            logits = backend.logits(spec)
-        nxt = sample(logits, sampler, rng, previous=resp[:, -1])
-        resp = np.concatenate([resp, nxt[:, None]], axis=1)
-    return resp
+    """Levels 1..levels-1 of one piece, one bidirectional (or causal, per the layout) pass each: [frames,
+    levels]."""
+    row = NarRow(cond, np.asarray(codes0, dtype=np.int64).reshape(-1, 1), sampler, rng, guidance)
+    if len(row.resp) == 0:
+        return np.zeros((0, backend.layout.audio_levels), dtype=np.int64)
+    generate_nar_together(backend, [row])
+    return row.resp
 
 
 LEN_MARGIN = 1.05  # the original's len -> frames margin

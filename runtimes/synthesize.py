@@ -196,12 +196,22 @@ def piece_generators(seed: int | None, pieces: int) -> list[np.random.Generator]
     return [np.random.default_rng(None if seed is None else [seed, i]) for i in range(pieces)]
 
 
+def check_level0(codes0: np.ndarray) -> None:
+    """Refuse a piece whose level 0 is empty: there is nothing for the NAR levels or the decoder."""
+    if len(codes0) == 0:
+        raise BadInput("the model stopped before producing any frame (try another seed or a prompt)")
+
+
+def decode(codec: OnnxCodec, codes: np.ndarray) -> np.ndarray:
+    """A piece's audio [samples] from its codes [frames, levels] (padded up to the decoder's minimum, cut back)."""
+    return codec.decode(_pad_for_decoder(codes, codec.decoder.min_frames).T)[: len(codes) * codec.hop]
+
+
 def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np.ndarray | None,
                settings: SynthesisSettings, progress: Progress, rng: np.random.Generator,
-               context: Context | None = None, codes0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+               context: Context | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """One piece: returns (audio [samples], codes [frames, levels], summary). `settings.modality` must be
-    resolved (not `auto`); `context` holds earlier pieces (level 0 only, sliced off). `codes0`: level 0
-    already generated (AR+NAR pieces stepped together, `rng` then continues with the NAR levels)."""
+    resolved (not `auto`); `context` holds earlier pieces (level 0 only, sliced off)."""
 
     timings = {}
     task = names.TASK_IDS.get(settings.task)
@@ -211,9 +221,7 @@ def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np
     cond = Conditioning(phn, lang, prompt, context=context, task=task)
     max_frames = settings.max_frames(backend.layout.frame_rate)
     t = time.perf_counter()
-    if codes0 is not None:
-        pass
-    elif settings.modality == "ar+nar":
+    if settings.modality == "ar+nar":
         progress.stage("AR level 0")
         codes0 = generate_ar(backend, cond, max_frames, settings.ar, rng, guidance=settings.guidance)
         timings["ar_s"] = time.perf_counter() - t
@@ -228,15 +236,14 @@ def synthesize(backend, codec: OnnxCodec, phn: np.ndarray, lang: int, prompt: np
         progress.stage(f"NAR-len demasking ({settings.demask_steps} steps, {frames} frames)")
         codes0, _ = demask_nar_len(backend, cond, frames, settings.demask, rng)
         timings["demask_s"] = time.perf_counter() - t
-    if len(codes0) == 0:
-        raise BadInput("the model stopped before producing any frame (try another seed or a prompt)")
+    check_level0(codes0)
     t = time.perf_counter()
     progress.stage(f"NAR levels 1..{backend.layout.audio_levels - 1} ({len(codes0)} frames)")
     codes = generate_nar(backend, cond, codes0, settings.nar, rng, settings.guidance)
     timings["nar_s"] = time.perf_counter() - t
     t = time.perf_counter()
     progress.stage(f"{codec.decoder.name} decode")
-    audio = codec.decode(_pad_for_decoder(codes, codec.decoder.min_frames).T)[: len(codes) * codec.hop]
+    audio = decode(codec, codes)
     timings["decode_s"] = time.perf_counter() - t
     summary = {"task": settings.task, "frames": int(len(codes)), "phonemes": int(len(phn)), "timings_s": timings}
     return audio, codes, summary

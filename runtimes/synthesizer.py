@@ -149,52 +149,69 @@ class Synthesizer:
             self.progress.stage("voice -> prompt codes")
         prompt = self._prompt(voice, settings.prompt_seconds)
         timings["prompt_s"] = time.perf_counter() - t
-        level0: dict[int, np.ndarray] = {}
+        audio, codes, phonemes = [], [], 0
         if self._steps_sentences_together(settings, len(pieces)):
+            codes = self._codes_together(pieces, prompt, settings, rngs, timings)
             t = time.perf_counter()
-            level0 = self._level0_together(pieces, prompt, settings, rngs)
-            timings["ar_s"] = time.perf_counter() - t
-        audio, codes, history, phonemes = [], [], [], 0
-        for i, (phn, lang, piece) in enumerate(pieces, 1):
-            if len(pieces) > 1:
-                self.progress.stage(f"piece {i}/{len(pieces)}: {piece[:60]}")
-            context = _context(history, settings.context_history)
-            wave, piece_codes, summary = synth.synthesize(self.backend, self.codec, phn, lang, prompt, settings,
-                                                          self.progress, rngs[i - 1], context, level0.get(i - 1))
-            audio.append(wave)
-            codes.append(piece_codes)
-            history.append((phn, piece_codes[:, 0]))
-            phonemes += summary["phonemes"]
-            for k, v in summary["timings_s"].items():
-                timings[k] = timings.get(k, 0.0) + v
+            self.progress.stage(f"{self.codec.decoder.name} decode, {len(pieces)} pieces")
+            audio = [synth.decode(self.codec, c) for c in codes]
+            timings["decode_s"] = time.perf_counter() - t
+            phonemes = sum(len(phn) for phn, _, _ in pieces)
+        else:
+            history = []
+            for i, (phn, lang, piece) in enumerate(pieces, 1):
+                if len(pieces) > 1:
+                    self.progress.stage(f"piece {i}/{len(pieces)}: {piece[:60]}")
+                context = _context(history, settings.context_history)
+                wave, piece_codes, summary = synth.synthesize(self.backend, self.codec, phn, lang, prompt, settings,
+                                                              self.progress, rngs[i - 1], context)
+                audio.append(wave)
+                codes.append(piece_codes)
+                history.append((phn, piece_codes[:, 0]))
+                phonemes += summary["phonemes"]
+                for k, v in summary["timings_s"].items():
+                    timings[k] = timings.get(k, 0.0) + v
         joined = np.concatenate(audio).astype(np.float32)
         return Speech(joined, self.codec.sample_rate, codes, self._summary(settings, codes, joined, timings, phonemes))
 
     def _steps_sentences_together(self, settings: synth.SynthesisSettings, pieces: int) -> bool:
-        """Whether the pieces' AR runs as one batch: independent AR+NAR TTS pieces (no context history) on a
-        backend with batched passes. Each row equals its run alone and draws from its own generator, so
-        the audio is the same either way; it is only faster (the AR step is weight-bound)."""
+        """Whether the pieces run as batches: independent AR+NAR TTS pieces (no context history) on a backend
+        with batched passes. Each row draws from its own generator and its logits equal its run alone within
+        contracts.BATCH_INVARIANT_REL, so the codes are the same either way; it is only faster (an AR step is
+        weight-bound, and a NAR call of several rows runs its GEMMs at larger, more efficient shapes)."""
         return (self.batch_sentences and pieces > 1 and settings.modality == "ar+nar" and settings.task == "tts"
                 and settings.context_history == 0 and hasattr(self.backend, "batch_hidden"))
 
-    def _level0_together(self, pieces, prompt, settings: synth.SynthesisSettings,
-                         rngs: list[np.random.Generator]) -> dict[int, np.ndarray]:
-        """Level 0 of every piece, up to AR_ROWS_TOGETHER pieces stepping in one batch at a time."""
+    def _codes_together(self, pieces, prompt, settings: synth.SynthesisSettings, rngs: list[np.random.Generator],
+                        timings: dict[str, float]) -> list[np.ndarray]:
+        """Every piece's codes [frames, levels], up to AR_ROWS_TOGETHER pieces at a time: their AR steps in one
+        batch, then each NAR level of them in one call. Adds the stage times to `timings`."""
         from .ar_batch import ArBatch, ArRow
-        from .pipeline import Conditioning
+        from .pipeline import Conditioning, NarRow, generate_nar_together
 
         max_frames = settings.max_frames(self.backend.layout.frame_rate)
-        out: dict[int, np.ndarray] = {}
+        out: list[np.ndarray] = []
         for first in range(0, len(pieces), AR_ROWS_TOGETHER):
             chunk = range(first, min(first + AR_ROWS_TOGETHER, len(pieces)))
-            self.progress.stage(f"AR level 0, pieces {chunk.start + 1}-{chunk.stop} of {len(pieces)} together")
-            rows = [ArRow(Conditioning(pieces[i][0], pieces[i][1], prompt), max_frames, settings.ar, rngs[i],
-                          settings.guidance, tag=i) for i in chunk]
+            span = f"pieces {chunk.start + 1}-{chunk.stop} of {len(pieces)} together"
+            t = time.perf_counter()
+            self.progress.stage(f"AR level 0, {span}")
+            conds = [Conditioning(pieces[i][0], pieces[i][1], prompt) for i in chunk]
+            rows = [ArRow(cond, max_frames, settings.ar, rngs[i], settings.guidance) for cond, i in zip(conds, chunk)]
             batch = ArBatch(self.backend)
             batch.admit(rows)
             while len(batch):
                 batch.step()
-            out.update((row.tag, row.result) for row in rows)  # an empty one is refused by synthesize()
+            for row in rows:
+                synth.check_level0(row.result)
+            timings["ar_s"] = timings.get("ar_s", 0.0) + time.perf_counter() - t
+            t = time.perf_counter()
+            self.progress.stage(f"NAR levels 1..{self.backend.layout.audio_levels - 1}, {span}")
+            nar = [NarRow(cond, row.result.reshape(-1, 1).astype(np.int64), settings.nar, rngs[i], settings.guidance)
+                   for cond, row, i in zip(conds, rows, chunk)]
+            generate_nar_together(self.backend, nar)
+            timings["nar_s"] = timings.get("nar_s", 0.0) + time.perf_counter() - t
+            out += [row.resp for row in nar]
         return out
 
     def _summary(self, settings, codes, audio, timings, phonemes) -> dict:
