@@ -163,3 +163,29 @@ def test_kv_budget_counts_every_stream_at_the_longest_row(tts):
         e.close()
     assert all(j.finished for j in jobs) and widest, "the requests did not finish"
     assert max(widest) == 2, f"AR batch sizes {sorted(set(widest))} under a two-long-rows KV budget"
+
+
+def test_nar_len_requests_demask_together(tts):
+    """NAR-len sentences of concurrent requests take their demasking steps in shared calls (finish-first, up
+    to `nar_rows` per call), and each request still gets the codes it gets alone from the Synthesizer."""
+    settings = [dataclasses.replace(GREEDY, modality="nar-len"),
+                dataclasses.replace(HOT, modality="nar-len", seed=5),
+                dataclasses.replace(HOT, modality="nar-len", seed=6)]
+    alone = [tts.speak_detailed(TextInput(phonemes=SENTENCES[i]), None, s).codes[0] for i, s in enumerate(settings)]
+    e = Engine(tts, EngineConfig(max_rows=8))
+    got: dict[int, np.ndarray] = {}
+    try:
+        jobs = [e.submit(_pieces(tts, SENTENCES[i]), None, s,
+                         lambda ev, i=i: got.__setitem__(i, ev.codes) if isinstance(ev, Audio) else None)
+                for i, s in enumerate(settings)]
+        deadline = time.time() + 60
+        while not all(j.finished for j in jobs) and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        e.close()
+    assert sorted(got) == [0, 1, 2], f"finished: {sorted(got)}"
+    for i in range(3):
+        assert np.array_equal(got[i], alone[i]), f"request {i}: engine {got[i][:4, 0]}.. alone {alone[i][:4, 0]}.."
+    steps = GREEDY.demask_steps
+    assert e.stats.demask_units < 3 * steps, \
+        f"{e.stats.demask_units} demasking calls for 3 sentences of {steps} steps: not shared"

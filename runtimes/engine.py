@@ -4,11 +4,12 @@ Why: a server that runs one request after the other makes the Nth client wait fo
 one AR step of a batch of 8 costs little more than a step of 1 (weight-bound on CPU). The engine owns one
 backend on one thread. Each iteration it: drops cancelled requests' rows; admits waiting sentences within a
 row, KV-byte and prefill-token budget (first sentences of every request before later ones, so time to first
-audio stays low under load); runs ONE batched AR step for all AR rows; runs one bounded NAR unit (one level
-of up to `nar_rows` sentences in one call, or a NAR-len sentence's len + demasking); decodes finished
-sentences and hands them to their request in order. The NAR unit takes the sentences that reached NAR
-first and keeps them until they are decoded (a queue in arrival order: finish-first, and no sentence waits
-behind later arrivals), instead of round-robin, where every sentence in NAR finished together.
+audio stays low under load); runs ONE batched AR step for all AR rows; runs bounded units: one NAR-len
+sentence's len, one demasking step of up to `nar_rows` NAR-len sentences in one call, one NAR level of up to
+`nar_rows` sentences in one call; decodes finished sentences and hands them to their request in order. The
+demasking and NAR units take the sentences that reached them first and keep them until they are done (a
+queue in arrival order: finish-first, and no sentence waits behind later arrivals), instead of round-robin,
+where every sentence finished together.
 
 Seeding rule (`synthesize.piece_generators`, the same for the CLI and the Python API): sentence i of a
 request with seed s draws from `np.random.default_rng([s, i])` for its AR steps then its NAR levels, so a
@@ -33,7 +34,8 @@ from valle_export.errors import BadInput
 
 from . import synthesize as synth
 from .ar_batch import ArBatch, ArRow
-from .pipeline import Conditioning, NarRow, demask_nar_len, generate_ar, generate_len, generate_nar, nar_level
+from .pipeline import (Conditioning, DemaskRow, NarRow, demask_nar_len, demask_row, demask_step, generate_ar,
+                       generate_len, generate_nar, nar_level)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,7 @@ class EngineConfig:
     max_rows: int = 8  # AR rows stepping together (a guided row counts twice)
     max_kv_bytes: int = 1 << 30  # KV cache of the AR batch: every stream at the longest row's longest
     max_prefill_tokens: int = 4096  # positions prefilled per iteration (a long prefill stalls every row)
-    nar_rows: int = 4  # sentences per NAR call
+    nar_rows: int = 4  # sentences per NAR call (NAR levels, and NAR-len demasking steps)
     max_queue: int = 64  # requests waiting for their first row; beyond it `QueueFull`
 
 
@@ -108,6 +110,7 @@ class Sentence:
     rng: np.random.Generator
     max_frames: int
     resp: np.ndarray | None = None  # [frames, levels so far] once level 0 is known
+    demask: DemaskRow | None = None  # NAR-len level 0 between demasking steps (batched backends)
 
     @property
     def settings(self) -> synth.SynthesisSettings:
@@ -123,6 +126,7 @@ class EngineStats:
     ar_seconds: float = 0.0
     last_batch: int = 0
     nar_units: int = 0
+    demask_units: int = 0
     jobs_done: int = 0
     jobs_failed: int = 0
     jobs_cancelled: int = 0
@@ -142,7 +146,8 @@ class Engine:
         self.stats = EngineStats()
         self._waiting: list[tuple[int, int, int, Sentence]] = []  # heap: (sentence index, job id, n, sentence)
         self._nar: collections.deque[Sentence] = collections.deque()
-        self._serial: collections.deque[Sentence] = collections.deque()  # NAR-len, or unbatched backends
+        self._serial: collections.deque[Sentence] = collections.deque()  # NAR-len's len, or unbatched backends
+        self._demask: collections.deque[Sentence] = collections.deque()  # NAR-len level 0, in arrival order
         self._ar = ArBatch(self.backend) if self.batched else None
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
@@ -188,7 +193,7 @@ class Engine:
             return sum(1 for j in self._jobs.values() if not j.started)
 
     def active_rows(self) -> int:
-        return (len(self._ar) if self._ar else 0) + len(self._nar) + len(self._serial)
+        return (len(self._ar) if self._ar else 0) + len(self._nar) + len(self._serial) + len(self._demask)
 
     def close(self) -> None:
         with self._wake:
@@ -250,6 +255,8 @@ class Engine:
                 self._level0_done(row.tag, row.result)
         if self._serial:
             self._serial_unit(self._serial.popleft())
+        if self._demask:
+            self._demask_unit()
         if self._nar:
             self._nar_unit()
 
@@ -261,6 +268,7 @@ class Engine:
             self._ar.remove(lambda r: not r.tag.job.cancelled)
         self._nar = collections.deque(s for s in self._nar if not s.job.cancelled)
         self._serial = collections.deque(s for s in self._serial if not s.job.cancelled)
+        self._demask = collections.deque(s for s in self._demask if not s.job.cancelled)
         with self._wake:
             self._waiting = [w for w in self._waiting if not w[3].job.cancelled]
             heapq.heapify(self._waiting)
@@ -290,7 +298,7 @@ class Engine:
                 s = self._waiting[0][3]
                 serial = not self.batched or s.settings.modality == "nar-len"
                 if serial:
-                    if len(self._serial) >= self.config.max_rows:
+                    if len(self._serial) + len(self._demask) >= self.config.max_rows:
                         break
                     heapq.heappop(self._waiting)
                     self._serial.append(s)
@@ -320,10 +328,15 @@ class Engine:
             self._nar.append(s)
 
     def _serial_unit(self, s: Sentence) -> None:
-        """NAR-len level 0 (len, then demasking) for one sentence; on unbatched backends the whole sentence."""
+        """NAR-len's len for one sentence (then its demasking joins the batched queue); on unbatched backends
+        the whole sentence."""
         cond, st = s.cond, s.settings
         if st.modality == "nar-len":
             frames = min(generate_len(self.backend, cond).frames, s.max_frames)
+            if self.batched:
+                s.demask = demask_row(self.layout, cond, frames, st.demask, s.rng)
+                self._demask.append(s)
+                return
             codes0, _ = demask_nar_len(self.backend, cond, frames, st.demask, s.rng)
         else:
             codes0 = generate_ar(self.backend, cond, s.max_frames, st.ar, s.rng, guidance=st.guidance)
@@ -333,6 +346,18 @@ class Engine:
         s.resp = generate_nar(self.backend, cond, codes0, st.nar, s.rng, st.guidance) if len(codes0) else \
             np.zeros((0, self.layout.audio_levels), dtype=np.int64)
         self._finish(s)
+
+    def _demask_unit(self) -> None:
+        """One NAR-len demasking step of up to `nar_rows` sentences in one call (`pipeline.demask_step`), the
+        earliest to arrive first (finish-first, as the NAR unit)."""
+        group = list(itertools.islice(self._demask, self.config.nar_rows))
+        demask_step(self.backend, [s.demask for s in group])
+        self.stats.demask_units += 1
+        for s in group:
+            if s.demask.done:
+                self._demask.remove(s)
+                self._level0_done(s, s.demask.tokens)
+                s.demask = None
 
     def _nar_unit(self) -> None:
         """One NAR level of up to `nar_rows` sentences in one call (`pipeline.nar_level`)."""
@@ -393,6 +418,7 @@ class Engine:
             self._waiting.clear()
         self._nar.clear()
         self._serial.clear()
+        self._demask.clear()
         if self._ar is not None:
             self._ar = ArBatch(self.backend)
         for job in jobs:

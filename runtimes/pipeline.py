@@ -74,14 +74,11 @@ def cfg_logits(cond: np.ndarray, null: np.ndarray, strength: float, rescale: flo
     return g.astype(np.float32)
 
 
-def pair_logits(backend: Backend, a: seq.PassSpec, b: seq.PassSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Full-pass logits of a conditional and a guidance-free pass: one call on a backend with a batch axis
-    (`batch_logits`: the two share every weight read, which dominates at these lengths), else two calls."""
+def batched_logits(backend: Backend, specs: list[seq.PassSpec]) -> list[np.ndarray]:
+    """Full-pass logits of several passes: one call on a backend with a batch axis (`batch_logits`: the passes
+    share every weight read, and a compute-bound pass runs its GEMMs at a larger shape), else one call each."""
     batch = getattr(backend, "batch_logits", None)
-    if batch is not None:
-        got = batch([a, b])
-        return got[0], got[1]
-    return backend.logits(a), backend.logits(b)
+    return batch(specs) if batch is not None and len(specs) > 1 else [backend.logits(s) for s in specs]
 
 
 class _ArStream:
@@ -175,9 +172,8 @@ class NarRow:
 
 
 def nar_level(backend: Backend, rows: list[NarRow]) -> None:
-    """The next level of every row, all their passes (a guided row adds its guidance-free pass) in one call
-    on a backend with a batch axis (`batch_logits`: a NAR pass is compute-bound, and rows of one call share
-    each weight read), one call per pass otherwise. The previous level's codes feed the repetition penalty
+    """The next level of every row, all their passes (a guided row adds its guidance-free pass) in one
+    `batched_logits` call. The previous level's codes feed the repetition penalty
     and DRY, as the original's `prev_list`. A row's logits in a batch equal its own within
     contracts.BATCH_INVARIANT_REL (the widest row sets the padding), so a sampled token is the same unless a
     draw falls within that of a boundary."""
@@ -188,8 +184,7 @@ def nar_level(backend: Backend, rows: list[NarRow]) -> None:
         specs.append(seq.nar_pass(layout, c.phn, c.lang, c.prompt, row.resp, level, c.task))
         if row.guidance.on:
             specs.append(seq.nar_pass(layout, seq.null_phonemes(layout), c.lang, None, row.resp, level))
-    batch = getattr(backend, "batch_logits", None)
-    logits = iter(batch(specs) if batch is not None and len(specs) > 1 else [backend.logits(s) for s in specs])
+    logits = iter(batched_logits(backend, specs))
     for row in rows:
         out = next(logits)
         if row.guidance.on:
@@ -272,34 +267,67 @@ def _masked_count(t: np.float32, length: int, step: int) -> int:
     return max(1, min(int(math.cos(float(x)) * length), length - step))
 
 
-def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: DemaskSettings = DemaskSettings(),
-                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """NAR-len level 0 of `length` frames; returns (codes [length], inputs fed at each step). Each step draws
-    the masked tokens from the filtered logits at the annealed temperature and scores every position by the
-    probability of the argmax of the same filters at temperature 0 (the original's two `sample` calls)."""
+@dataclasses.dataclass
+class DemaskRow:
+    """A piece's NAR-len level 0 between demasking steps (`demask_row` makes one, `demask_step` advances)."""
+
+    cond: Conditioning
+    settings: DemaskSettings
+    rng: np.random.Generator | None
+    tokens: np.ndarray  # [length]: the mask token where not yet decided
+    scores: np.ndarray  # [length]: confidence of each position's token, the lowest re-masked first
+    timesteps: list[float]
+    step: int = 0
+    step_inputs: list[np.ndarray] = dataclasses.field(default_factory=list)  # what each step fed
+
+    @property
+    def done(self) -> bool:
+        return self.step == len(self.timesteps)
+
+
+def demask_row(layout, cond: Conditioning, length: int, settings: DemaskSettings = DemaskSettings(),
+               rng: np.random.Generator | None = None) -> DemaskRow:
+    """A row of `length` masked frames before its first demasking step."""
+    return DemaskRow(cond, settings, rng, np.full(length, layout.mask_token, dtype=np.int64),
+                     np.ones(length, dtype=np.float32), list(demask_timesteps(settings.steps)))
+
+
+def demask_step(backend: Backend, rows: list[DemaskRow]) -> None:
+    """One demasking step of every row, their conditional and guidance-free passes in one `batched_logits`
+    call. Each row re-masks its lowest-scored positions, draws the masked tokens from the filtered logits at
+    the annealed temperature, and scores every position by the probability of the argmax of the same filters
+    at temperature 0 (the original's two `sample` calls)."""
     layout = backend.layout
-    mask = layout.mask_token
-    tokens = np.full(length, mask, dtype=np.int64)
-    scores = np.ones(length, dtype=np.float32)
-    null_phn, prefix = seq.null_phonemes(layout), cond.prefix_codes
-    strength = max(settings.cfg_strength, MIN_NAR_LEN_CFG)
-    s = settings.sampler
-    step_inputs = []
-    for step, t in enumerate(demask_timesteps(settings.steps)):
-        previous = tokens.copy()
-        n = _masked_count(t, length, step)
-        tokens[np.argsort(scores, kind="stable")[:n]] = mask
-        step_inputs.append(tokens.copy())
-        fed = np.concatenate([prefix, tokens])
-        c, u = pair_logits(backend, seq.nar_len_pass(layout, cond.level0_phn, cond.lang, cond.prompt, fed, cond.task),
-                           seq.nar_len_pass(layout, null_phn, cond.lang, None, fed))
-        c, u = c[-length:], u[-length:]
-        g = cfg_logits(c, u, strength, settings.cfg_rescale)
-        unfiltered = process(g, dataclasses.replace(s, temperature=0.0), previous)
+    mask, null_phn = layout.mask_token, seq.null_phonemes(layout)
+    specs, previous = [], []
+    for row in rows:
+        c, length = row.cond, len(row.tokens)
+        previous.append(row.tokens.copy())
+        n = _masked_count(row.timesteps[row.step], length, row.step)
+        row.tokens[np.argsort(row.scores, kind="stable")[:n]] = mask
+        row.step_inputs.append(row.tokens.copy())
+        fed = np.concatenate([c.prefix_codes, row.tokens])
+        specs += [seq.nar_len_pass(layout, c.level0_phn, c.lang, c.prompt, fed, c.task),
+                  seq.nar_len_pass(layout, null_phn, c.lang, None, fed)]
+    logits = iter(batched_logits(backend, specs))
+    for row, prev in zip(rows, previous):
+        length, t, s = len(row.tokens), row.timesteps[row.step], row.settings.sampler
+        c, u = next(logits)[-length:], next(logits)[-length:]
+        g = cfg_logits(c, u, max(row.settings.cfg_strength, MIN_NAR_LEN_CFG), row.settings.cfg_rescale)
+        unfiltered = process(g, dataclasses.replace(s, temperature=0.0), prev)
         best = np.argmax(unfiltered, axis=-1)
-        scores = np.take_along_axis(softmax(unfiltered), best[:, None], axis=-1)[:, 0].astype(np.float32)
+        row.scores = np.take_along_axis(softmax(unfiltered), best[:, None], axis=-1)[:, 0].astype(np.float32)
         annealed = dataclasses.replace(s, temperature=s.temperature * float(1 - t))
         # at temperature 0 the draw is the argmax of the very logits the scores come from
-        picked = best if annealed.greedy else draw(process(g, annealed, previous), False, rng)
-        tokens = np.where(tokens == mask, picked, tokens)
-    return tokens, step_inputs
+        picked = best if annealed.greedy else draw(process(g, annealed, prev), False, row.rng)
+        row.tokens = np.where(row.tokens == mask, picked, row.tokens)
+        row.step += 1
+
+
+def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: DemaskSettings = DemaskSettings(),
+                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """NAR-len level 0 of `length` frames, one piece: returns (codes [length], inputs fed at each step)."""
+    row = demask_row(backend.layout, cond, length, settings, rng)
+    while not row.done:
+        demask_step(backend, [row])
+    return row.tokens, row.step_inputs
