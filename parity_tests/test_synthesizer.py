@@ -225,16 +225,18 @@ def test_text_front_end(exported, tts, tmp_path):  # noqa: F811
     assert out.startswith("Japanese text needs the pykakasi package") and "\n" not in out, out
 
 
-def test_sentences_step_together_with_the_seeded_audio_of_apart_and_of_the_server(tts):
-    """Independent sentences of one text step their AR in one batch and run each NAR level in one call (ONNX):
-    sampled and seeded, the codes and audio equal those of the sentences run one after the other, and the
-    server engine's for the same seed (one seeding rule: sentence i draws from default_rng([seed, i]))."""
+@pytest.mark.parametrize("modality", ["ar+nar", "nar-len"])
+def test_sentences_run_together_with_the_seeded_audio_of_apart_and_of_the_server(tts, modality):
+    """Independent sentences of one text get their level 0 together (AR steps in one batch, or each NAR-len
+    demasking step in one call) and run each NAR level in one call (ONNX): sampled and seeded, the codes and
+    audio equal those of the sentences run one after the other, and the server engine's for the same seed
+    (one seeding rule: sentence i draws from default_rng([seed, i]))."""
     from runtimes.engine import Audio, Engine
     from runtimes.samplers import SamplerSettings
     from runtimes.synthesize import SynthesisSettings
 
-    settings = SynthesisSettings(modality="ar+nar", ar=SamplerSettings(temperature=1.0, top_k=40),
-                                 nar=SamplerSettings(temperature=0.7), seed=7, max_duration=1.5)
+    settings = SynthesisSettings(modality=modality, ar=SamplerSettings(temperature=1.0, top_k=40),
+                                 nar=SamplerSettings(temperature=0.7), seed=7, max_duration=1.5, demask_steps=5)
     text = _ipa(" ".join(SENTENCES))
     backend = tts.backend
     assert hasattr(backend, "batch_hidden"), "the demo export is ONNX (batched passes)"
@@ -250,10 +252,15 @@ def test_sentences_step_together_with_the_seeded_audio_of_apart_and_of_the_serve
     finally:
         tts.batch_sentences = True
         del backend.batch_hidden, backend.batch_logits
-    assert stepped_together > 1 and len(calls) == stepped_together, \
-        f"{stepped_together} batched calls together, {len(calls) - stepped_together} apart"
     levels = backend.layout.audio_levels - 1
-    assert nar_together == [3] * levels and len(nar_calls) == levels, f"NAR calls (passes each): {nar_calls}"
+    if modality == "ar+nar":
+        assert stepped_together > 1 and len(calls) == stepped_together, \
+            f"{stepped_together} batched calls together, {len(calls) - stepped_together} apart"
+        assert nar_together == [3] * levels and len(nar_calls) == levels, f"NAR calls (passes each): {nar_calls}"
+    else:  # 3 sentences x (conditional, guidance-free) per demasking step; apart: one pair per call
+        steps = settings.demask_steps
+        assert nar_together == [6] * steps + [3] * levels, f"calls together (passes each): {nar_together}"
+        assert nar_calls[len(nar_together):] == [2] * (3 * steps), f"calls apart: {nar_calls[len(nar_together):]}"
     for i, (a, b) in enumerate(zip(together.codes, apart.codes)):
         assert np.array_equal(a, b), f"sentence {i}: together {a[:4, 0]}.. apart {b[:4, 0]}.."
     assert np.array_equal(together.audio, apart.audio)

@@ -40,7 +40,7 @@ class Speech:
     summary: dict
 
 
-AR_ROWS_TOGETHER = 4  # pieces of one text whose AR steps together (KV: 4 x 12 s x 98 KB per position, fp32)
+ROWS_TOGETHER = 4  # pieces of one text run together (AR KV: 4 x 12 s x 98 KB per position, fp32)
 
 
 class Synthesizer:
@@ -50,7 +50,7 @@ class Synthesizer:
         self.tokenizer = text_frontend.PhonemeTokenizer(tokenizer) if tokenizer else None
         self.config = config
         self.progress = progress or Progress(quiet=True)
-        self.batch_sentences = True  # step independent pieces' AR together where the backend batches
+        self.batch_sentences = True  # run independent pieces together where the backend batches
 
     @classmethod
     def open(cls, model: str | os.PathLike, backend: str = "auto", codec: str | os.PathLike | None = None,
@@ -175,44 +175,65 @@ class Synthesizer:
         return Speech(joined, self.codec.sample_rate, codes, self._summary(settings, codes, joined, timings, phonemes))
 
     def _steps_sentences_together(self, settings: synth.SynthesisSettings, pieces: int) -> bool:
-        """Whether the pieces run as batches: independent AR+NAR TTS pieces (no context history) on a backend
-        with batched passes. Each row draws from its own generator and its logits equal its run alone within
+        """Whether the pieces run as batches: independent TTS pieces (no context history) on a backend with
+        batched passes. Each row draws from its own generator and its logits equal its run alone within
         contracts.BATCH_INVARIANT_REL, so the codes are the same either way; it is only faster (an AR step is
-        weight-bound, and a NAR call of several rows runs its GEMMs at larger, more efficient shapes)."""
-        return (self.batch_sentences and pieces > 1 and settings.modality == "ar+nar" and settings.task == "tts"
-                and settings.context_history == 0 and hasattr(self.backend, "batch_hidden"))
+        weight-bound, and a full-pass call of several rows runs its GEMMs at larger, more efficient shapes)."""
+        return (self.batch_sentences and pieces > 1 and settings.modality in ("ar+nar", "nar-len")
+                and settings.task == "tts" and settings.context_history == 0 and hasattr(self.backend, "batch_hidden"))
 
     def _codes_together(self, pieces, prompt, settings: synth.SynthesisSettings, rngs: list[np.random.Generator],
                         timings: dict[str, float]) -> list[np.ndarray]:
-        """Every piece's codes [frames, levels], up to AR_ROWS_TOGETHER pieces at a time: their AR steps in one
-        batch, then each NAR level of them in one call. Adds the stage times to `timings`."""
-        from .ar_batch import ArBatch, ArRow
+        """Every piece's codes [frames, levels], up to ROWS_TOGETHER pieces at a time: their level 0 together
+        (AR steps in one batch, or NAR-len's demasking steps in one call each), then each NAR level of them in
+        one call. Adds the stage times to `timings`."""
         from .pipeline import Conditioning, NarRow, generate_nar_together
 
-        max_frames = settings.max_frames(self.backend.layout.frame_rate)
         out: list[np.ndarray] = []
-        for first in range(0, len(pieces), AR_ROWS_TOGETHER):
-            chunk = range(first, min(first + AR_ROWS_TOGETHER, len(pieces)))
+        for first in range(0, len(pieces), ROWS_TOGETHER):
+            chunk = range(first, min(first + ROWS_TOGETHER, len(pieces)))
             span = f"pieces {chunk.start + 1}-{chunk.stop} of {len(pieces)} together"
-            t = time.perf_counter()
-            self.progress.stage(f"AR level 0, {span}")
             conds = [Conditioning(pieces[i][0], pieces[i][1], prompt) for i in chunk]
-            rows = [ArRow(cond, max_frames, settings.ar, rngs[i], settings.guidance) for cond, i in zip(conds, chunk)]
-            batch = ArBatch(self.backend)
-            batch.admit(rows)
-            while len(batch):
-                batch.step()
-            for row in rows:
-                synth.check_level0(row.result)
-            timings["ar_s"] = timings.get("ar_s", 0.0) + time.perf_counter() - t
+            level0 = self._level0_together(conds, settings, [rngs[i] for i in chunk], span, timings)
+            for codes0 in level0:
+                synth.check_level0(codes0)
             t = time.perf_counter()
             self.progress.stage(f"NAR levels 1..{self.backend.layout.audio_levels - 1}, {span}")
-            nar = [NarRow(cond, row.result.reshape(-1, 1).astype(np.int64), settings.nar, rngs[i], settings.guidance)
-                   for cond, row, i in zip(conds, rows, chunk)]
+            nar = [NarRow(cond, np.asarray(codes0, dtype=np.int64).reshape(-1, 1), settings.nar, rngs[i],
+                          settings.guidance) for cond, codes0, i in zip(conds, level0, chunk)]
             generate_nar_together(self.backend, nar)
             timings["nar_s"] = timings.get("nar_s", 0.0) + time.perf_counter() - t
             out += [row.resp for row in nar]
         return out
+
+    def _level0_together(self, conds: list, settings: synth.SynthesisSettings, rngs: list[np.random.Generator],
+                         span: str, timings: dict[str, float]) -> list[np.ndarray]:
+        """Level 0 of pieces together: AR rows stepping in one batch, or (NAR-len) each piece's len alone,
+        then every demasking step of all of them in one call."""
+        from .ar_batch import ArBatch, ArRow
+        from .pipeline import demask_row, demask_step, generate_len
+
+        layout, t = self.backend.layout, time.perf_counter()
+        max_frames = settings.max_frames(layout.frame_rate)
+        if settings.modality == "ar+nar":
+            self.progress.stage(f"AR level 0, {span}")
+            rows = [ArRow(cond, max_frames, settings.ar, rng, settings.guidance) for cond, rng in zip(conds, rngs)]
+            batch = ArBatch(self.backend)
+            batch.admit(rows)
+            while len(batch):
+                batch.step()
+            timings["ar_s"] = timings.get("ar_s", 0.0) + time.perf_counter() - t
+            return [row.result for row in rows]
+        self.progress.stage(f"len, {span}")
+        frames = [min(generate_len(self.backend, cond).frames, max_frames) for cond in conds]
+        timings["len_s"] = timings.get("len_s", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        self.progress.stage(f"NAR-len demasking ({settings.demask_steps} steps), {span}")
+        demask = [demask_row(layout, cond, n, settings.demask, rng) for cond, n, rng in zip(conds, frames, rngs)]
+        while not demask[0].done:
+            demask_step(self.backend, demask)
+        timings["demask_s"] = timings.get("demask_s", 0.0) + time.perf_counter() - t
+        return [row.tokens for row in demask]
 
     def _summary(self, settings, codes, audio, timings, phonemes) -> dict:
         total, seconds = sum(timings.values()), len(audio) / self.codec.sample_rate
