@@ -8,7 +8,8 @@ with every export a row needs). Input: 62 phonemes, language 0, no prompt. Each 
 (its peak RSS is its own) and times
 - AR+NAR: greedy AR forced to `--seconds` of frames (the stop token is excluded), then the 7 greedy NAR levels;
 - NAR-len (rows in --nar-len-rows): 25 greedy demasking steps (CFG 2.5: a conditional and a guidance-free pass
-  per step, one batched call where the backend has a batch axis) for the same frames, then the NAR levels;
+  per step, one batched call where the backend has a batch axis) for the same frames, then the NAR levels
+  (with `@<n>sent`: n sentences, each step and level of all of them in one call);
 - decoding the codes with Vocos and with EnCodec (ONNX graphs);
 and RTF = (AR + NAR + Vocos decode) / audio seconds. Codes and Vocos audio are compared with the exact
 `onnx-fp32` row: level-0 / all-level token agreement and the waveform's relative error.
@@ -227,15 +228,25 @@ def nar_levels_together(backend, conds: list, codes0: list[np.ndarray]) -> tuple
     return time.perf_counter() - t, backend.layout.audio_levels - 1, [r.resp for r in rows]
 
 
-def nar_len(backend, cond, frames: int) -> tuple[np.ndarray, dict]:
-    from runtimes.pipeline import DemaskSettings, demask_nar_len
+def nar_len(backend, cond, frames: int, pieces: int = 1) -> tuple[np.ndarray, dict]:
+    """Greedy NAR-len for `frames`; with `pieces` > 1 the phonemes as that many sentences, each its share of
+    the frames, demasking steps then NAR levels of all of them in one call each (as `synthesize` runs a text's
+    sentences on ONNX)."""
+    from runtimes.pipeline import DemaskSettings, NarRow, demask_row, demask_step, generate_nar_together
 
     settings = DemaskSettings()
+    conds = sentences(cond, pieces) if pieces > 1 else [cond]
     t = time.perf_counter()
-    codes0, _ = demask_nar_len(backend, cond, frames, settings)
+    rows = [demask_row(backend.layout, c, frames // pieces, settings) for c in conds]
+    while not rows[0].done:
+        demask_step(backend, rows)
     demask_s = time.perf_counter() - t
-    codes, nar_s, _ = nar_levels(backend, cond, codes0)
-    return codes, {"demask_s": demask_s, "demask_steps": settings.steps, "nar_s": nar_s}
+    nar = [NarRow(c, row.tokens.reshape(-1, 1)) for c, row in zip(conds, rows)]
+    t = time.perf_counter()
+    generate_nar_together(backend, nar)
+    nar_s = time.perf_counter() - t
+    return np.concatenate([r.resp for r in nar]), {"demask_s": demask_s, "demask_steps": settings.steps,
+                                                   "nar_s": nar_s}
 
 
 def decode_all(work: Path, codes: np.ndarray, threads: int) -> tuple[dict, np.ndarray | None]:
@@ -270,6 +281,7 @@ def measure(row: str, work: Path, threads: int, seconds: float, modalities: list
 
     backend.logits(seq.ar_pass(layout, warm.phn, 0, None, [1, 2, 3]))  # warm-up: first-call allocations
     pieces = sentence_count(row)
+    result["rows"] = pieces
     if "ar+nar" in modalities and pieces > 1:
         conds = sentences(cond, pieces)
         per = frames // pieces
@@ -277,7 +289,7 @@ def measure(row: str, work: Path, threads: int, seconds: float, modalities: list
         nar_s, passes, parts = nar_levels_together(backend, conds, codes0)
         codes = np.concatenate(parts)
         result.update({"ar_s": ar_s, "step_ms": 1000 * (ar_s - prefill_s) / steps, "step_first_ms": float("nan"),
-                       "step_last_ms": float("nan"), "ar_extrapolated": False, "rows": pieces,
+                       "step_last_ms": float("nan"), "ar_extrapolated": False,
                        "context_first": int(len(conds[0].phn) + 3), "context_last": int(len(conds[0].phn) + 2 + per),
                        "nar_s": nar_s, "nar_pass_ms": 1000 * nar_s / (passes * pieces),
                        "nar_positions": int(len(seq.nar_pass(layout, conds[0].phn, cond.lang, None,
@@ -309,7 +321,7 @@ def measure(row: str, work: Path, threads: int, seconds: float, modalities: list
 
         result["teacher_forced"] = teacher_forced(backend, cond, np.load(ref)["codes"])
     if "nar-len" in modalities:
-        codes, info = nar_len(backend, cond, frames)
+        codes, info = nar_len(backend, cond, frames, pieces)
         result["nar_len"] = info
         np.savez(work / f"e2e.{row}.nar-len.npz", codes=codes)
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -482,7 +494,8 @@ def print_tables(results: list[dict], args, bandwidth: float, peaks: tuple[float
         for r in lens:
             x = r["nar_len"]
             total = x["demask_s"] + x["nar_s"] + r.get("vocos_s", 0.0)
-            print(f"| {r['row']} | {x['demask_s']:.2f} | {1000 * x['demask_s'] / x['demask_steps']:.0f} "
+            name = r["row"] + (f" ({r['rows']} sentences together)" if r.get("rows", 1) > 1 else "")
+            print(f"| {name} | {x['demask_s']:.2f} | {1000 * x['demask_s'] / x['demask_steps']:.0f} "
                   f"| {x['nar_s']:.2f} | {_f(r.get('vocos_s'))} | {total:.2f} | {total / seconds:.2f} |")
 
 
