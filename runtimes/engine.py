@@ -12,7 +12,8 @@ queue in arrival order: finish-first, and no sentence waits behind later arrival
 where every sentence finished together.
 
 Seeding rule (`synthesize.piece_generators`, the same for the CLI and the Python API): sentence i of a
-request with seed s draws from `np.random.default_rng([s, i])` for its AR steps then its NAR levels, so a
+request with seed s draws from `np.random.default_rng([s, i])` for its AR steps (or NAR-len demasking
+steps) then its NAR levels, so a
 seeded request gives the same audio alone, under any load, or from `synthesize`. Backends without
 `batch_hidden` (llama.cpp, ggml) run one sentence at a time through the unbatched pipeline, same rule.
 Imports: numpy, the pipeline and its batch steppers (no HTTP, no torch).
@@ -40,7 +41,7 @@ from .pipeline import (Conditioning, DemaskRow, NarRow, demask_nar_len, demask_r
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    max_rows: int = 8  # AR rows stepping together (a guided row counts twice)
+    max_rows: int = 8  # AR rows stepping together (a guided row counts twice); also caps NAR-len sentences
     max_kv_bytes: int = 1 << 30  # KV cache of the AR batch: every stream at the longest row's longest
     max_prefill_tokens: int = 4096  # positions prefilled per iteration (a long prefill stalls every row)
     nar_rows: int = 4  # sentences per NAR call (NAR levels, and NAR-len demasking steps)
@@ -164,6 +165,8 @@ class Engine:
         settings = dataclasses.replace(settings, modality=self.tts.modality(settings.modality))
         if settings.context_history:
             raise BadInput("context_history is not supported by the engine (sentences run in parallel)")
+        if settings.task != "tts":
+            raise BadInput(f"task {settings.task!r} is not served by the engine (tts only; use synthesize)")
         for phn, lang, _ in pieces:  # ids out of range fail here, not inside a batch of other requests
             seq.ar_pass(self.layout, phn, lang, prompt, [])
         seed = settings.seed if settings.seed is not None else int(np.random.SeedSequence().entropy % (2**63))
@@ -335,7 +338,10 @@ class Engine:
             frames = min(generate_len(self.backend, cond).frames, s.max_frames)
             if self.batched:
                 s.demask = demask_row(self.layout, cond, frames, st.demask, s.rng)
-                self._demask.append(s)
+                if s.demask.done:  # no demasking step asked for: level 0 stays masked, as demask_nar_len
+                    self._level0_done(s, s.demask.tokens)
+                else:
+                    self._demask.append(s)
                 return
             codes0, _ = demask_nar_len(self.backend, cond, frames, st.demask, s.rng)
         else:

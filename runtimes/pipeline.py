@@ -195,8 +195,11 @@ def nar_level(backend: Backend, rows: list[NarRow]) -> None:
 
 def generate_nar_together(backend: Backend, rows: list[NarRow]) -> None:
     """Every row's levels up to the last, one `nar_level` call per level. The rows start at the same level
-    (level 0 done); a row with no frame is left as it is."""
+    (level 0 done); a row with no frame is left as it is ([0, levels so far]: `generate_nar` returns the
+    [0, levels] empty result, and the callers refuse or skip an empty level 0 before)."""
     rows = [r for r in rows if len(r.resp)]
+    if len({r.resp.shape[1] for r in rows}) > 1:
+        raise ValueError(f"rows at different levels: {sorted({r.resp.shape[1] for r in rows})}")
     while rows and rows[0].resp.shape[1] < backend.layout.audio_levels:
         nar_level(backend, rows)
 

@@ -40,7 +40,8 @@ class Speech:
     summary: dict
 
 
-ROWS_TOGETHER = 4  # pieces of one text run together (AR KV: 4 x 12 s x 98 KB per position, fp32)
+ROWS_TOGETHER = 4  # pieces of one text run together (AR KV: 4 x 12 s x 98 KB per position, fp32; a NAR-len
+# demasking call holds 2 passes per piece, so its transient attention memory is 4x a single piece's)
 
 
 class Synthesizer:
@@ -150,7 +151,7 @@ class Synthesizer:
         prompt = self._prompt(voice, settings.prompt_seconds)
         timings["prompt_s"] = time.perf_counter() - t
         audio, codes, phonemes = [], [], 0
-        if self._steps_sentences_together(settings, len(pieces)):
+        if self._runs_sentences_together(settings, len(pieces)):
             codes = self._codes_together(pieces, prompt, settings, rngs, timings)
             t = time.perf_counter()
             self.progress.stage(f"{self.codec.decoder.name} decode, {len(pieces)} pieces")
@@ -174,7 +175,7 @@ class Synthesizer:
         joined = np.concatenate(audio).astype(np.float32)
         return Speech(joined, self.codec.sample_rate, codes, self._summary(settings, codes, joined, timings, phonemes))
 
-    def _steps_sentences_together(self, settings: synth.SynthesisSettings, pieces: int) -> bool:
+    def _runs_sentences_together(self, settings: synth.SynthesisSettings, pieces: int) -> bool:
         """Whether the pieces run as batches: independent TTS pieces (no context history) on a backend with
         batched passes. Each row draws from its own generator and its logits equal its run alone within
         contracts.BATCH_INVARIANT_REL, so the codes are the same either way; it is only faster (an AR step is

@@ -465,7 +465,7 @@ def synthesize_cmd(model: Path, text, phonemes, phoneme_ids, lang, text_language
               help="A voice clients may name (an OpenAI name such as alloy, or any): voice file or audio clip.")
 @click.option("--model-name", default="valle", show_default=True, help="The `model` id; tts-1 etc. are aliases.")
 @click.option("--max-rows", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Sentences stepped together (AR batch width).")
+              help="Sentences stepped together (AR batch width; also NAR-len sentences in len / demasking).")
 @click.option("--max-queue", type=click.IntRange(0, 100000), default=64, show_default=True,
               help="Requests waiting for a row before new ones get 429.")
 @click.option("--max-kv-mb", type=click.IntRange(1, 1 << 20), default=1024, show_default=True,
