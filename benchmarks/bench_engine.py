@@ -6,15 +6,22 @@
    beside it (the engine's path before issue 22);
 2. the engine under load: a fixed mix of requests (1-3 sentences, AR+NAR, greedy and sampled) submitted at
    once: time to first audio (median, p90), requests per minute, mean AR batch; and the same mix one request
-   at a time.
+   at a time;
+3. one served text of `--text-seconds` of audio: bench_e2e's 62 phonemes as 1, 2 or 3 sentences (each with its
+   start / end markers, the stop token masked so each sentence runs exactly its share of the frames, greedy),
+   one request through the engine: wall time from submit to the last audio, RTF (decoding included), time
+   to first audio (issue 22's real-time goal, as a server client sees it); and the same pieces through the
+   Python API (`Synthesizer.speak_detailed`, the CLI's path) beside it.
 
     PYTHONPATH=. python benchmarks/bench_engine.py MODEL_DIR [--threads N] [--frames 60] [--requests 8]
+                                                   [--parts throughput,load,text] [--text-seconds 10]
 
 MODEL_DIR: an ONNX export with EnCodec graphs beside it (and tokenizer.json); fp32 unless --variant.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import threading
 import time
@@ -22,11 +29,12 @@ import time
 import numpy as np
 
 from runtimes.ar_batch import ArBatch, ArRow
-from runtimes.engine import Engine, EngineConfig
+from runtimes.engine import Audio, Engine, EngineConfig
 from runtimes.pipeline import Conditioning, generate_ar
 from runtimes.samplers import SamplerSettings
-from runtimes.synthesize import SynthesisSettings
+from runtimes.synthesize import SynthesisSettings, TextInput
 from runtimes.synthesizer import Synthesizer
+from valle_export import names
 
 MIX = ["həlˈoʊ wˈɜːld.", "ðɪs ɪz ɐ tˈɛst. ɡʊdbˈaɪ nˈaʊ!", "wˈʌn mˈɔːɹ tˈaɪm. ænd ɐɡˈɛn. ænd ðə lˈæst wˈʌn."]
 
@@ -55,7 +63,8 @@ class _NoStop:
 
         def no_stop(hidden, head):
             out = self.original(hidden, head)
-            out[..., stop] = -np.inf
+            if head == names.HEAD_AR:
+                out[..., stop] = -np.inf
             return out
 
         self.backend.head_logits = no_stop
@@ -129,6 +138,60 @@ def load(tts, requests: int, concurrent: bool, max_duration: float) -> dict:
             "rpm": 60 * requests / elapsed, "mean_batch": s.ar_row_steps / max(1, s.ar_steps), "elapsed": elapsed}
 
 
+def text_pieces(sentences: int) -> list[tuple[np.ndarray, int, str]]:
+    """bench_e2e's 62 phonemes as `sentences` pieces (ids with start / end markers, language 0)."""
+    from benchmarks.bench_e2e import conditioning, sentences as split
+
+    conds = split(conditioning(), sentences) if sentences > 1 else [conditioning()]
+    return [(c.phn, c.lang, "") for c in conds]
+
+
+def served_text(tts, sentences: int, seconds: float) -> dict:
+    """One request of `seconds` of audio as `sentences` sentences through a fresh engine (see the docstring),
+    and the same text through the Python API (`speak_detailed`, as the CLI's `synthesize`) beside it."""
+    pieces = text_pieces(sentences)
+    settings = SynthesisSettings(modality="ar+nar", max_duration=seconds / sentences, seed=0,
+                                 ar=SamplerSettings(temperature=0.0))
+    engine = Engine(tts, EngineConfig(max_rows=8))
+    try:
+        with _NoStop(tts.backend):
+            list(engine.stream(pieces[:1], None, dataclasses.replace(settings, max_duration=0.2)))  # warm
+            t, first, samples = time.perf_counter(), None, 0
+            for event in engine.stream(pieces, None, settings):
+                if isinstance(event, Audio):
+                    first = first if first is not None else time.perf_counter() - t
+                    samples += len(event.audio)
+            wall = time.perf_counter() - t
+            tts.pieces = lambda inp, split_by: pieces  # the same pieces through the Python API
+            try:
+                t = time.perf_counter()
+                speech = tts.speak_detailed(TextInput(phonemes="-"), None, settings)
+                api = time.perf_counter() - t
+            finally:
+                del tts.pieces
+    finally:
+        engine.close()
+    audio_s = samples / tts.codec.sample_rate
+    assert len(speech.audio) == samples, "the engine and the Python API made different lengths"
+    return {"wall": wall, "audio": audio_s, "rtf": wall / audio_s, "ttfa": first, "api": api}
+
+
+def throughput_table(tts, frames: int) -> None:
+    """Part 1's table."""
+    one = single_stream(tts, frames)
+    has_step = getattr(tts.backend, "step_runner", None) is not None
+    print("\n| AR rows | AR tokens/s | vs single stream | goal 0.7 x B | on the backbone (tokens/s) "
+          "| step graph gain |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"| single stream (generate_ar) | {one:.1f} | 1.00x | - | - | - |")
+    for b in (1, 2, 4, 8):
+        tps = ar_throughput(tts, b, frames)
+        base = ar_throughput(tts, b, frames, step_graph=False) if has_step else None
+        gain = f"{base:.1f} | {tps / base:.2f}x" if base else "- | -"
+        print(f"| {b} | {tps:.1f} | {tps / one:.2f}x | {'met' if tps >= 0.7 * b * one else 'not met'} | {gain} |")
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -137,27 +200,30 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=60, help="AR steps per row in the throughput part")
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-duration", type=float, default=2.0, help="seconds per sentence in the load part")
+    ap.add_argument("--parts", default="throughput,load,text", help="which parts to run (comma-separated)")
+    ap.add_argument("--text-seconds", type=float, default=10.0, help="audio of the served text (part 3)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     tts = Synthesizer.open(args.model, "onnx", variant=args.variant, threads=args.threads)
-    one = single_stream(tts, args.frames)
     print(f"model {args.model} ({tts.backend.path.name}), threads {args.threads or 'all'}")
-    has_step = getattr(tts.backend, "step_runner", None) is not None
-    print("\n| AR rows | AR tokens/s | vs single stream | goal 0.7 x B | on the backbone (tokens/s) "
-          "| step graph gain |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    print(f"| single stream (generate_ar) | {one:.1f} | 1.00x | - | - | - |")
-    for b in (1, 2, 4, 8):
-        tps = ar_throughput(tts, b, args.frames)
-        base = ar_throughput(tts, b, args.frames, step_graph=False) if has_step else None
-        gain = f"{base:.1f} | {tps / base:.2f}x" if base else "- | -"
-        print(f"| {b} | {tps:.1f} | {tps / one:.2f}x | {'met' if tps >= 0.7 * b * one else 'not met'} | {gain} |")
-    print(f"\n| {args.requests} requests (1-3 sentences, <= {args.max_duration} s each) | time to first audio "
-          "median / p90 | requests/min | mean AR batch |")
-    print("|---|---:|---:|---:|")
-    for label, concurrent in (("one request at a time", False), ("all at once (engine)", True)):
-        r = load(tts, args.requests, concurrent, args.max_duration)
-        print(f"| {label} | {r['ttfa_median']:.2f} s / {r['ttfa_p90']:.2f} s | {r['rpm']:.1f} "
-              f"| {r['mean_batch']:.2f} |")
+    if "throughput" in parts:
+        throughput_table(tts, args.frames)
+    if "load" in parts:
+        print(f"\n| {args.requests} requests (1-3 sentences, <= {args.max_duration} s each) | time to first audio "
+              "median / p90 | requests/min | mean AR batch |")
+        print("|---|---:|---:|---:|")
+        for label, concurrent in (("one request at a time", False), ("all at once (engine)", True)):
+            r = load(tts, args.requests, concurrent, args.max_duration)
+            print(f"| {label} | {r['ttfa_median']:.2f} s / {r['ttfa_p90']:.2f} s | {r['rpm']:.1f} "
+                  f"| {r['mean_batch']:.2f} |")
+    if "text" in parts:
+        print(f"\n| one text of {args.text_seconds:g} s ({tts.codec.decoder.name} decoding) | served: wall (s) | RTF "
+              "| time to first audio (s) | Python API: wall (s) | RTF |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for n in (1, 2, 3):
+            r = served_text(tts, n, args.text_seconds)
+            print(f"| {n} sentence{'s' if n > 1 else ''} ({r['audio']:.2f} s of audio) | {r['wall']:.2f} "
+                  f"| {r['rtf']:.2f} | {r['ttfa']:.2f} | {r['api']:.2f} | {r['api'] / r['audio']:.2f} |")
 
 
 if __name__ == "__main__":
