@@ -167,6 +167,23 @@ def test_batched_steps_run_on_the_step_graph(backend, monkeypatch):
         assert np.array_equal(alone, r.result), f"row {i}: alone {alone[:8]}.. batched {r.result[:8]}.."
 
 
+def test_full_step_cache_grows_by_a_quarter_and_keeps_its_rows():
+    """A full cache grows by a quarter of its capacity (at least BATCH_FREE), not by doubling, so a batch stays
+    near its KV budget; the rows' positions survive the copy."""
+    from runtimes import onnx_step
+    from runtimes.onnx_step import StepCache
+
+    rng = np.random.default_rng(1)
+    for capacity, want in ((300, 300 + onnx_step.BATCH_FREE), (2000, 2500)):
+        buffers = [rng.standard_normal((2, 1, capacity, 2)).astype(np.float32) for _ in range(2)]
+        cache = StepCache([b.copy() for b in buffers], [capacity, 7])
+        cache._fit_next_step()
+        assert cache.capacity == want, f"capacity {capacity} full -> {cache.capacity}, want {want}"
+        assert all(np.array_equal(a[:, :, :capacity], b) for a, b in zip(cache.buffers, buffers))
+        cache._fit_next_step()  # room for the next position now
+        assert cache.capacity == want, "grew with room left"
+
+
 def test_step_cache_moves_rows_from_a_padded_batch_cache():
     """A padded batch cache (gaps after shorter prefills) becomes step buffers holding each row's valid
     columns first, and comes back unchanged; take / joined keep each row's positions, also when the joined

@@ -6,8 +6,10 @@ positions that copy costs as much as a 4-bit weight read); here each layer's key
 buffer [rows, heads, capacity, head_dim] bound as both the step graph's past input and present output, row
 r's new position written at its own length (GroupQueryAttention's right-padded layout: row r holds its
 positions at indices 0..length-1). One sequence is one row; the engine's continuous batch is many rows of
-different lengths stepping in one call. Capacity doubles when the longest row is full (one copy); rows
-join and leave by copying (an event, not a step). Imports: numpy, onnxruntime, graphs, batch_cache.
+different lengths stepping in one call. When the longest row is full, capacity grows by a quarter (at
+least BATCH_FREE positions; one copy), not doubling, so a batch never holds much more than the engine's KV
+budget (every row at the longest row's length); rows join and leave by copying (an event, not a step).
+Imports: numpy, onnxruntime, graphs, batch_cache.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from .batch_cache import BatchCache
 
 FIRST_FREE = 1024  # positions reserved past a sequence's prefill: 13 s of frames before the first regrowth
 BATCH_FREE = 256  # the same for a continuous batch, whose buffers hold every row at the longest row's size
+GROWTH_DIVISOR = 4  # a full cache grows by capacity / 4 (at least BATCH_FREE): at most a quarter + 256
+# positions past the longest row (doubling held up to twice), for 2 more copies on the way from 300 to 1200
 
 
 class StepCache:
@@ -114,10 +118,12 @@ class StepCache:
         return StepCache(buffers, np.concatenate([self.lengths, other_lengths]))
 
     def _fit_next_step(self) -> None:
-        """Double the capacity when the longest row has no room for one more position."""
-        if int(self.lengths.max(initial=0)) + 1 <= self.capacity:
+        """Grow the capacity (GROWTH_DIVISOR) when the longest row has no room for one more position."""
+        need = int(self.lengths.max(initial=0)) + 1
+        if need <= self.capacity:
             return
-        self.buffers, self.io = self._extended(self.buffers, 2 * self.capacity), None
+        grown = self.capacity + max(BATCH_FREE, self.capacity // GROWTH_DIVISOR)
+        self.buffers, self.io = self._extended(self.buffers, max(need, grown)), None
 
 
 def _move_rows(cache: BatchCache, buffers: list[np.ndarray], first: int) -> None:
