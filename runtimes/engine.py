@@ -12,10 +12,10 @@ queue in arrival order: finish-first, and no sentence waits behind later arrival
 where every sentence finished together.
 
 Seeding rule (`synthesize.piece_generators`, the same for the CLI and the Python API): sentence i of a
-request with seed s draws from `np.random.default_rng([s, i])` for its AR steps (or NAR-len demasking
-steps) then its NAR levels, so a
-seeded request gives the same audio alone, under any load, or from `synthesize`. Backends without
-`batch_hidden` (llama.cpp, ggml) run one sentence at a time through the unbatched pipeline, same rule.
+request with seed s draws from `np.random.default_rng([s, i])` for its AR steps (or NAR-len demasking steps)
+then its NAR levels, so a seeded request gives the same audio alone, under any load, or from `synthesize`.
+Backends without `batch_hidden` (llama.cpp, ggml) run one sentence at a time through the unbatched pipeline,
+same rule.
 Imports: numpy, the pipeline and its batch steppers (no HTTP, no torch).
 """
 from __future__ import annotations
