@@ -56,7 +56,7 @@ from benchmarks.bench import _timed, gguf_path, prepare as prepare_base  # noqa:
 AUDIO_TOKENS = 1024  # AR head rows past these are the stop token: excluded to force the length
 PHONEMES = 62
 DEFAULT_ROWS = ["torch-recompute", "onnx-fp32", "onnx-fast", "onnx-q8_0+w8a8", "onnx-w8a8", "onnx-q8_0", "ggml-q8_0",
-                "ggml-q4_k_m", "llamacpp-q4_0", "hybrid-q4_k_m+w8a8"]
+                "ggml-q4_k_m", "llamacpp-q4_0", "hybrid-q4_k_m+w8a8", "onnx-fast@2sent", "onnx-fast@3sent"]
 DEFAULT_NAR_LEN_ROWS = ["onnx-fp32", "onnx-fast"]
 RECOMPUTE_PROBES = 3  # torch-recompute: passes timed at the start, middle and end lengths
 EXACT_ROW = "onnx-fp32"  # the rows' accuracy is measured against this one (it runs first)
