@@ -222,7 +222,7 @@ def nar_levels_together(backend, conds: list, codes0: list[np.ndarray]) -> tuple
     text's sentences on ONNX): seconds, levels, codes per sentence."""
     from runtimes.pipeline import NarRow, generate_nar_together
 
-    rows = [NarRow(c, np.asarray(c0, dtype=np.int64).reshape(-1, 1)) for c, c0 in zip(conds, codes0)]
+    rows = [NarRow.after_level0(c, c0) for c, c0 in zip(conds, codes0)]
     t = time.perf_counter()
     generate_nar_together(backend, rows)
     return time.perf_counter() - t, backend.layout.audio_levels - 1, [r.resp for r in rows]
@@ -232,16 +232,15 @@ def nar_len(backend, cond, frames: int, pieces: int = 1) -> tuple[np.ndarray, di
     """Greedy NAR-len for `frames`; with `pieces` > 1 the phonemes as that many sentences, each its share of
     the frames, demasking steps then NAR levels of all of them in one call each (as `synthesize` runs a text's
     sentences on ONNX)."""
-    from runtimes.pipeline import DemaskSettings, NarRow, demask_row, demask_step, generate_nar_together
+    from runtimes.pipeline import DemaskSettings, NarRow, demask_row, demask_together, generate_nar_together
 
     settings = DemaskSettings()
     conds = sentences(cond, pieces) if pieces > 1 else [cond]
     t = time.perf_counter()
     rows = [demask_row(backend.layout, c, frames // pieces, settings) for c in conds]
-    while not rows[0].done:
-        demask_step(backend, rows)
+    demask_together(backend, rows)
     demask_s = time.perf_counter() - t
-    nar = [NarRow(c, row.tokens.reshape(-1, 1)) for c, row in zip(conds, rows)]
+    nar = [NarRow.after_level0(c, row.tokens) for c, row in zip(conds, rows)]
     t = time.perf_counter()
     generate_nar_together(backend, nar)
     nar_s = time.perf_counter() - t

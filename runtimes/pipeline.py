@@ -170,13 +170,18 @@ class NarRow:
     rng: np.random.Generator | None = None
     guidance: Guidance = Guidance()
 
+    @classmethod
+    def after_level0(cls, cond: Conditioning, codes0, sampler: SamplerSettings = GREEDY,
+                     rng: np.random.Generator | None = None, guidance: Guidance = Guidance()) -> "NarRow":
+        """A row holding level 0 `codes0` [frames] as its first column."""
+        return cls(cond, np.asarray(codes0, dtype=np.int64).reshape(-1, 1), sampler, rng, guidance)
+
 
 def nar_level(backend: Backend, rows: list[NarRow]) -> None:
     """The next level of every row, all their passes (a guided row adds its guidance-free pass) in one
-    `batched_logits` call. The previous level's codes feed the repetition penalty
-    and DRY, as the original's `prev_list`. A row's logits in a batch equal its own within
-    contracts.BATCH_INVARIANT_REL (the widest row sets the padding), so a sampled token is the same unless a
-    draw falls within that of a boundary."""
+    `batched_logits` call. The previous level's codes feed the repetition penalty and DRY, as the original's
+    `prev_list`. A row's logits in a batch equal its own within contracts.BATCH_INVARIANT_REL (the widest row
+    sets the padding), so a sampled token is the same unless a draw falls within that of a boundary."""
     layout = backend.layout
     specs = []
     for row in rows:
@@ -208,7 +213,7 @@ def generate_nar(backend: Backend, cond: Conditioning, codes0: np.ndarray, sampl
                  rng: np.random.Generator | None = None, guidance: Guidance = Guidance()) -> np.ndarray:
     """Levels 1..levels-1 of one piece, one bidirectional (or causal, per the layout) pass each: [frames,
     levels]."""
-    row = NarRow(cond, np.asarray(codes0, dtype=np.int64).reshape(-1, 1), sampler, rng, guidance)
+    row = NarRow.after_level0(cond, codes0, sampler, rng, guidance)
     if len(row.resp) == 0:
         return np.zeros((0, backend.layout.audio_levels), dtype=np.int64)
     generate_nar_together(backend, [row])
@@ -327,10 +332,17 @@ def demask_step(backend: Backend, rows: list[DemaskRow]) -> None:
         row.step += 1
 
 
+def demask_together(backend: Backend, rows: list[DemaskRow]) -> None:
+    """Every row's demasking steps, one `demask_step` call per step. The rows have the same steps left."""
+    if len({len(r.timesteps) - r.step for r in rows}) > 1:
+        raise ValueError(f"rows with different steps left: {sorted({len(r.timesteps) - r.step for r in rows})}")
+    while rows and not rows[0].done:
+        demask_step(backend, rows)
+
+
 def demask_nar_len(backend: Backend, cond: Conditioning, length: int, settings: DemaskSettings = DemaskSettings(),
                    rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """NAR-len level 0 of `length` frames, one piece: returns (codes [length], inputs fed at each step)."""
     row = demask_row(backend.layout, cond, length, settings, rng)
-    while not row.done:
-        demask_step(backend, [row])
+    demask_together(backend, [row])
     return row.tokens, row.step_inputs

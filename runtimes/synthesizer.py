@@ -200,8 +200,8 @@ class Synthesizer:
                 synth.check_level0(codes0)
             t = time.perf_counter()
             self.progress.stage(f"NAR levels 1..{self.backend.layout.audio_levels - 1}, {span}")
-            nar = [NarRow(cond, np.asarray(codes0, dtype=np.int64).reshape(-1, 1), settings.nar, rngs[i],
-                          settings.guidance) for cond, codes0, i in zip(conds, level0, chunk)]
+            nar = [NarRow.after_level0(cond, codes0, settings.nar, rngs[i], settings.guidance)
+                   for cond, codes0, i in zip(conds, level0, chunk)]
             generate_nar_together(self.backend, nar)
             timings["nar_s"] = timings.get("nar_s", 0.0) + time.perf_counter() - t
             out += [row.resp for row in nar]
@@ -212,7 +212,7 @@ class Synthesizer:
         """Level 0 of pieces together: AR rows stepping in one batch, or (NAR-len) each piece's len alone,
         then every demasking step of all of them in one call."""
         from .ar_batch import ArBatch, ArRow
-        from .pipeline import demask_row, demask_step, generate_len
+        from .pipeline import demask_row, demask_together, generate_len
 
         layout, t = self.backend.layout, time.perf_counter()
         max_frames = settings.max_frames(layout.frame_rate)
@@ -231,8 +231,7 @@ class Synthesizer:
         t = time.perf_counter()
         self.progress.stage(f"NAR-len demasking ({settings.demask_steps} steps), {span}")
         demask = [demask_row(layout, cond, n, settings.demask, rng) for cond, n, rng in zip(conds, frames, rngs)]
-        while not demask[0].done:
-            demask_step(self.backend, demask)
+        demask_together(self.backend, demask)
         timings["demask_s"] = timings.get("demask_s", 0.0) + time.perf_counter() - t
         return [row.tokens for row in demask]
 
