@@ -180,22 +180,34 @@ def sentences(cond, n: int):
             for m in np.array_split(cond.phn[1:-1], n)]
 
 
+class NoStop:
+    """The backend with the AR head's stop token masked (`with NoStop(backend):`), so every row runs exactly
+    the asked number of steps (the numbers measure per-step cost, not the luck of the stop token)."""
+
+    def __init__(self, backend):
+        self.backend, self.original = backend, backend.head_logits
+
+    def __enter__(self):
+        from valle_export import names
+
+        def no_stop(hidden, head):
+            out = self.original(hidden, head)
+            if head == names.HEAD_AR:
+                out[..., AUDIO_TOKENS:] = -np.inf
+            return out
+
+        self.backend.head_logits = no_stop
+
+    def __exit__(self, *exc):
+        del self.backend.head_logits
+
+
 def forced_ar_together(backend, conds: list, frames: int) -> tuple[list[np.ndarray], float, float, int]:
     """Greedy level 0 of every sentence stepping in one batch (as `synthesize` runs a text's sentences on
     ONNX), each forced to `frames` (the stop token excluded): codes, seconds, of which prefill, batched steps."""
     from runtimes.ar_batch import ArBatch, ArRow
-    from valle_export import names
 
-    head = backend.head_logits
-
-    def no_stop(hidden, which):
-        out = head(hidden, which)
-        if which == names.HEAD_AR:
-            out[..., AUDIO_TOKENS:] = -np.inf
-        return out
-
-    backend.head_logits = no_stop
-    try:
+    with NoStop(backend):
         rows = [ArRow(c, frames) for c in conds]
         t, steps = time.perf_counter(), 0
         batch = ArBatch(backend)
@@ -205,8 +217,6 @@ def forced_ar_together(backend, conds: list, frames: int) -> tuple[list[np.ndarr
             batch.step()
             steps += 1
         return [r.result for r in rows], time.perf_counter() - t, prefill, steps
-    finally:
-        del backend.head_logits
 
 
 def nar_levels(backend, cond, codes0: np.ndarray) -> tuple[np.ndarray, float, int]:

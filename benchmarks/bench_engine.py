@@ -33,8 +33,8 @@ from runtimes.engine import Audio, Engine, EngineConfig
 from runtimes.pipeline import Conditioning, generate_ar
 from runtimes.samplers import SamplerSettings
 from runtimes.synthesize import SynthesisSettings, TextInput
+from benchmarks.bench_e2e import NoStop
 from runtimes.synthesizer import Synthesizer
-from valle_export import names
 
 MIX = ["həlˈoʊ wˈɜːld.", "ðɪs ɪz ɐ tˈɛst. ɡʊdbˈaɪ nˈaʊ!", "wˈʌn mˈɔːɹ tˈaɪm. ænd ɐɡˈɛn. ænd ðə lˈæst wˈʌn."]
 
@@ -51,35 +51,13 @@ def _ipa(text: str):
     return TextInput(phonemes=text)
 
 
-class _NoStop:
-    """The backend with the AR stop token masked, so every row runs exactly the asked number of steps (the
-    number measures per-step cost, not the luck of the stop token)."""
-
-    def __init__(self, backend):
-        self.backend, self.original = backend, backend.head_logits
-
-    def __enter__(self):
-        stop = self.backend.layout.stop_token
-
-        def no_stop(hidden, head):
-            out = self.original(hidden, head)
-            if head == names.HEAD_AR:
-                out[..., stop] = -np.inf
-            return out
-
-        self.backend.head_logits = no_stop
-
-    def __exit__(self, *exc):
-        del self.backend.head_logits
-
-
 def ar_throughput(tts, batch: int, frames: int, step_graph: bool = True) -> float:
     """AR tokens/s of `batch` rows stepped together (one call per step) for `frames` steps; on an ONNX folder
     with an AR step graph, `step_graph=False` steps them on the backbone instead (as before issue 22)."""
     backend = tts.backend
     runner = getattr(backend, "step_runner", None)
     ar = ArBatch(backend)
-    with _NoStop(backend):
+    with NoStop(backend):
         ar.admit([ArRow(_cond(tts, i), frames) for i in range(batch)])
         backend.step_runner = runner if step_graph else None
         try:
@@ -94,7 +72,7 @@ def ar_throughput(tts, batch: int, frames: int, step_graph: bool = True) -> floa
 
 def single_stream(tts, frames: int) -> float:
     """AR tokens/s of the unbatched cached loop (prefill excluded, as above)."""
-    with _NoStop(tts.backend):
+    with NoStop(tts.backend):
         generate_ar(tts.backend, _cond(tts, 0), 2)  # warm
         t = time.perf_counter()
         codes = generate_ar(tts.backend, _cond(tts, 0), frames + 1)
@@ -154,7 +132,7 @@ def served_text(tts, sentences: int, seconds: float) -> dict:
                                  ar=SamplerSettings(temperature=0.0))
     engine = Engine(tts, EngineConfig(max_rows=8))
     try:
-        with _NoStop(tts.backend):
+        with NoStop(tts.backend):
             list(engine.stream(pieces[:1], None, dataclasses.replace(settings, max_duration=0.2)))  # warm
             t, first, samples = time.perf_counter(), None, 0
             for event in engine.stream(pieces, None, settings):
