@@ -1,7 +1,7 @@
 """End to end: a 10 s utterance per backend and weight format at the released shape, stage by stage, in one run.
 
     python benchmarks/bench_e2e.py [--work DIR] [--threads 2] [--rows onnx-fp32,hybrid-q4_k_m+q8_0,...]
-                                   [--nar-len-rows onnx-fp32,...] [--seconds 10]
+                                   [--nar-len-rows onnx-fp32,...] [--seconds 10] [--repeat 5]
 
 The model is the seeded full-size demo checkpoint (`valle-export demo-checkpoint --size full`, made in --work
 with every export a row needs). Input: 62 phonemes, language 0, no prompt. Each row runs in its own process
@@ -12,7 +12,9 @@ with every export a row needs). Input: 62 phonemes, language 0, no prompt. Each 
   (with `@<n>sent`: n sentences, each step and level of all of them in one call);
 - decoding the codes with Vocos and with EnCodec (ONNX graphs);
 and RTF = (AR + NAR + Vocos decode) / audio seconds. Codes and Vocos audio are compared with the exact
-`onnx-fp32` row: level-0 / all-level token agreement and the waveform's relative error.
+`onnx-fp32` row: level-0 / all-level token agreement and the waveform's relative error. This machine's speed
+drifts over minutes, so `--repeat N` runs the AR+NAR rows N rounds in all (rows interleaved within a round, a
+bandwidth probe at the start of each) and prints each row's RTF per round, its median and its range.
 
 Row names (a `@f16kv` suffix runs a ggml AR with an f16 KV cache; `@<n>sent`, e.g. `@2sent`, gives the
 phonemes as n sentences, each with its start / end markers (60 + 2n phonemes), as the original's default
@@ -547,6 +549,39 @@ def ensure_onnx(folder: Path, variant: str, env: dict) -> None:
                         str(folder), "--outtype", outtype, "-q"], check=True, env=env)
 
 
+def run_child(row: str, args, modalities: list[str]) -> dict | None:
+    """One row measured in its own process (its peak RSS is its own); None (reported) if it failed."""
+    out = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--threads", str(args.threads),
+                          "--seconds", str(args.seconds), "--modalities", ",".join(modalities), "--child", row],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if out.returncode != 0:
+        print(f"{row}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rtf(r: dict, seconds: float) -> float:
+    """(AR + NAR + decode) / audio seconds of one AR+NAR measurement (the decode is Vocos where measured)."""
+    return (r["ar_s"] + r["nar_s"] + r.get("vocos_s", r.get("encodec_s", 0.0))) / seconds
+
+
+def print_rounds(rounds: list[dict], rows: list[str]) -> None:
+    """The RTF of every row in every round (rows interleaved within a round, so a slow phase of the machine
+    hits every row of that round), with each round's read bandwidth, and per row the median and range."""
+    print(f"\nAR+NAR RTF over {len(rounds)} rounds (each round: a bandwidth probe, then every row in turn)")
+    print("| row | " + " | ".join(f"round {i + 1} ({r['bandwidth'] / 1e9:.1f} GB/s)" for i, r in enumerate(rounds))
+          + " | median | min - max | rounds under 1 |")
+    print("|---|" + "---:|" * (len(rounds) + 3))
+    for row in rows:
+        got = [r["rtf"].get(row) for r in rounds]
+        ok = [x for x in got if x is not None]
+        if not ok:
+            continue
+        cells = " | ".join(_f(x) for x in got)
+        print(f"| {row} | {cells} | {np.median(ok):.2f} | {min(ok):.2f} - {max(ok):.2f} "
+              f"| {sum(x < 1 for x in ok)} of {len(ok)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=REPO / "demo" / "bench")
@@ -555,6 +590,9 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(DEFAULT_ROWS))
     ap.add_argument("--nar-len-rows", default=",".join(DEFAULT_NAR_LEN_ROWS))
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the AR+NAR rows (all but torch-recompute) this many rounds in all, interleaved, and "
+                         "print each row's RTF per round with the median and range")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--modalities", default="ar+nar", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -569,13 +607,9 @@ def main() -> None:
     results = []
     for row in sorted(dict.fromkeys(rows + len_rows), key=lambda r: r != EXACT_ROW):  # exact row first
         modalities = [m for m, on in (("ar+nar", row in rows), ("nar-len", row in len_rows)) if on]
-        out = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--threads", str(args.threads),
-                              "--seconds", str(args.seconds), "--modalities", ",".join(modalities), "--child", row],
-                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-        if out.returncode != 0:
-            print(f"{row}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        r = run_child(row, args, modalities)
+        if r is None:
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         add_floors(r, args.work, bandwidth, peak, int_peak)
         results.append(r)
         line = f"  measured {row} (load {r['load_before']} -> {r['load_after']})"
@@ -584,9 +618,21 @@ def main() -> None:
         print(line, file=sys.stderr, flush=True)
     add_accuracy(results, args.work)
     print_tables(results, args, bandwidth, (peak, int_peak), (start_load, _load()))
+    rounds = [{"bandwidth": bandwidth, "load": start_load,
+               "rtf": {r["row"]: rtf(r, args.seconds) for r in results if "ar_s" in r}}]
+    repeated = [r for r in rows if r != "torch-recompute"]  # the original's loop takes ~20 minutes a round
+    for k in range(2, args.repeat + 1):
+        print(f"round {k} of {args.repeat}", file=sys.stderr, flush=True)
+        rounds.append({"bandwidth": read_bandwidth(args.threads), "load": _load(), "rtf": {}})
+        for row in repeated:
+            r = run_child(row, args, ["ar+nar"])
+            if r is not None:
+                rounds[-1]["rtf"][row] = rtf(r, args.seconds)
+    if args.repeat > 1:
+        print_rounds(rounds, repeated)
     if args.json:
         args.json.write_text(json.dumps({"bandwidth": bandwidth, "gemm_peak": peak, "int8_gemm_peak": int_peak,
-                                         "rows": results}, indent=1))
+                                         "rows": results, "rounds": rounds}, indent=1))
 
 
 if __name__ == "__main__":

@@ -239,3 +239,18 @@ def test_gguf_guided_pairs_in_one_call(gguf_export, kind):
             err = contracts.rel_error(batched, backend.logits(spec))
             assert contracts.within(err, bound), f"{kind} {spec.head}: packed vs alone {err:.2e} (bound {bound:g})"
     _assert_demask_one_call_per_step(backend, cond, 30, 6, kind)
+
+
+def test_repeated_rounds_table_gives_median_range_and_count_under_one(capsys):
+    """bench_e2e --repeat: each row's RTF per round, its median, range and rounds under real time; a row that
+    failed in a round shows '-' there and is left out of its statistics."""
+    from benchmarks.bench_e2e import print_rounds
+
+    rounds = [{"bandwidth": 30e9, "rtf": {"a": 0.9, "b": 1.3}}, {"bandwidth": 24e9, "rtf": {"a": 1.1}},
+              {"bandwidth": 33e9, "rtf": {"a": 0.8, "b": 1.2}}]
+    print_rounds(rounds, ["a", "b", "never"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "round 2 (24.0 GB/s)" in lines[1]
+    assert lines[3] == "| a | 0.90 | 1.10 | 0.80 | 0.90 | 0.80 - 1.10 | 2 of 3 |"
+    assert lines[4] == "| b | 1.30 | - | 1.20 | 1.25 | 1.20 - 1.30 | 0 of 2 |"
+    assert len(lines) == 5  # a row with no measurement is not printed
