@@ -477,8 +477,7 @@ def print_tables(results: list[dict], args, bandwidth: float, peaks: tuple[float
     for r in results:
         if "ar_s" not in r:
             continue
-        dec = r.get("vocos_s", r.get("encodec_s", 0.0))
-        total = r["ar_s"] + r["nar_s"] + dec
+        total = total_s(r)
         name = r["row"] + (" (AR extrapolated from 3 passes)" if r.get("ar_extrapolated") else "")
         if r.get("rows", 1) > 1:
             name += f" ({r['rows']} sentences: AR steps and NAR levels batched)"
@@ -560,9 +559,13 @@ def run_child(row: str, args, modalities: list[str]) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def total_s(r: dict) -> float:
+    """AR + NAR + decode seconds of one AR+NAR measurement (the decode is Vocos where measured): RTF's numerator."""
+    return r["ar_s"] + r["nar_s"] + r.get("vocos_s", r.get("encodec_s", 0.0))
+
+
 def rtf(r: dict, seconds: float) -> float:
-    """(AR + NAR + decode) / audio seconds of one AR+NAR measurement (the decode is Vocos where measured)."""
-    return (r["ar_s"] + r["nar_s"] + r.get("vocos_s", r.get("encodec_s", 0.0))) / seconds
+    return total_s(r) / seconds
 
 
 def print_rounds(rounds: list[dict], rows: list[str]) -> None:
