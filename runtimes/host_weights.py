@@ -11,18 +11,16 @@ from valle_export import graphs, sequence as seq
 from valle_export.errors import BadInput
 from valle_export.layout import Layout
 
-
-SMALL_BATCH_ROWS = 8
+from .blas_threads import one_blas_thread
 
 
 def apply_head(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """[n, rows] = hidden [n, d] @ weight.T + bias in float32. A few rows go through einsum without BLAS:
-    OpenBLAS worker threads spin after a call and steal the cores from the next backbone step (measured:
-    56 ms instead of 28 ms per ONNX AR step at the released size)."""
+    """[n, rows] = hidden [n, d] @ weight.T + bias in float32, on ONE BLAS thread (`runtimes.blas_threads`:
+    a multi-threaded BLAS call between two backend calls fights their spinning workers for the cores and
+    leaves its own spinning on them: measured 15 % slower NAR levels for a 3-sentence text)."""
     hidden = hidden.astype(np.float32)
-    if len(hidden) <= SMALL_BATCH_ROWS:
-        return np.einsum("nd,rd->nr", hidden, weight, optimize=False) + bias
-    return hidden @ weight.T + bias
+    with one_blas_thread():
+        return hidden @ weight.T + bias
 
 
 @dataclasses.dataclass
