@@ -9,6 +9,8 @@ against 6.76 s; one thread is also the faster path for a single AR step's head (
 
 threadpoolctl finds the BLAS numpy loaded (OpenBLAS, MKL, BLIS, Accelerate) and sets its thread count for the
 duration of a `with` block (about 8 us), restoring it after, so the rest of the process keeps its setting.
+OpenBLAS's count is process-wide; threadpoolctl lets one thread at a time control it (others' blocks leave it
+as it is), which costs at most speed, never a result: a head's values do not depend on its thread count.
 """
 from __future__ import annotations
 
