@@ -3,14 +3,15 @@
 Why: the backends compute on every core (onnxruntime's pool, ggml's OpenMP threads), and their workers keep
 spinning for a while after each call. A multi-threaded BLAS call between two backend calls then runs on cores
 those workers still hold, and its own worker threads spin after it, on the cores the next backend call needs.
-Measured at the released shape on 2 cores, 8 alternations in one process: the 7 NAR levels of a 3-sentence
-text took 4.74 s (median) with the heads on one BLAS thread against 5.60 s on two, and one sentence's 6.46 s
-against 6.76 s; one thread is also the faster path for a single AR step's head (0.08 ms).
+Measured at the released shape on 2 cores, old and new heads alternating in one process: the 7 NAR levels of a
+3-sentence text took 3-8 % less (5.58 s against 5.90 s, 5.85 against 6.00, medians of 6), more when the VM is
+busier (15 % in one run that set the count process-wide).
 
 threadpoolctl finds the BLAS numpy loaded (OpenBLAS, MKL, BLIS, Accelerate) and sets its thread count for the
 duration of a `with` block (about 8 us), restoring it after, so the rest of the process keeps its setting.
 OpenBLAS's count is process-wide; threadpoolctl lets one thread at a time control it (others' blocks leave it
-as it is), which costs at most speed, never a result: a head's values do not depend on its thread count.
+as it is), which costs at most speed: `host_weights.apply_head` sends only products whose values do not depend
+on the thread count through here (2 rows and more; one row differs between one thread and two).
 """
 from __future__ import annotations
 

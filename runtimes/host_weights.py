@@ -14,11 +14,21 @@ from valle_export.layout import Layout
 from .blas_threads import one_blas_thread
 
 
+# up to this many rows a head goes through einsum (no BLAS, so no BLAS workers spinning between AR steps):
+# OpenBLAS computes one row (gemv) differently on one thread and on two, and a thread that does not control
+# OpenBLAS's process-wide count (threadpoolctl lets one at a time) cannot choose; from 2 rows up its results
+# are the same on any thread count (measured 2-750 rows)
+SMALL_BATCH_ROWS = 8
+
+
 def apply_head(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """[n, rows] = hidden [n, d] @ weight.T + bias in float32, on ONE BLAS thread (`runtimes.blas_threads`:
-    a multi-threaded BLAS call between two backend calls fights their spinning workers for the cores and
-    leaves its own spinning on them: measured 15 % slower NAR levels for a 3-sentence text)."""
+    """[n, rows] = hidden [n, d] @ weight.T + bias in float32: a few rows (an AR step's streams) through einsum,
+    more on ONE BLAS thread (`runtimes.blas_threads`: a multi-threaded BLAS call between two backend calls
+    fights their spinning workers for the cores and leaves its own spinning on them: measured 3-8 % slower
+    NAR levels for a 3-sentence text)."""
     hidden = hidden.astype(np.float32)
+    if len(hidden) <= SMALL_BATCH_ROWS:
+        return np.einsum("nd,rd->nr", hidden, weight, optimize=False) + bias
     with one_blas_thread():
         return hidden @ weight.T + bias
 
