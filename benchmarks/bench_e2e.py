@@ -175,7 +175,8 @@ def recompute_ar(backend, cond, frames: int) -> dict:
 
 def sentences(cond, n: int):
     """The same phonemes as `n` sentences (each with its own start / end markers): a text the original splits
-    by sentence by default (`--split-text-by sentences`), each sentence synthesized on its own."""
+    by sentence by default (`--split-text-by sentences`), each sentence synthesized on its own; n = 1 gives
+    `cond`'s own phonemes."""
     from runtimes.pipeline import Conditioning
 
     return [Conditioning(np.concatenate([[1], m, [2]]).astype(np.int64), cond.lang, None)
@@ -247,7 +248,7 @@ def nar_len(backend, cond, frames: int, pieces: int = 1) -> tuple[np.ndarray, di
     from runtimes.pipeline import DemaskSettings, NarRow, demask_row, demask_together, generate_nar_together
 
     settings = DemaskSettings()
-    conds = sentences(cond, pieces) if pieces > 1 else [cond]
+    conds = sentences(cond, pieces)  # one piece: the same phonemes
     t = time.perf_counter()
     rows = [demask_row(backend.layout, c, frames // pieces, settings) for c in conds]
     demask_together(backend, rows)

@@ -120,8 +120,7 @@ def text_pieces(sentences: int) -> list[tuple[np.ndarray, int, str]]:
     """bench_e2e's 62 phonemes as `sentences` pieces (ids with start / end markers, language 0)."""
     from benchmarks.bench_e2e import conditioning, sentences as split
 
-    conds = split(conditioning(), sentences) if sentences > 1 else [conditioning()]
-    return [(c.phn, c.lang, "") for c in conds]
+    return [(c.phn, c.lang, "") for c in split(conditioning(), sentences)]
 
 
 def served_text(tts, sentences: int, seconds: float) -> dict:

@@ -334,8 +334,9 @@ def demask_step(backend: Backend, rows: list[DemaskRow]) -> None:
 
 def demask_together(backend: Backend, rows: list[DemaskRow]) -> None:
     """Every row's demasking steps, one `demask_step` call per step. The rows have the same steps left."""
-    if len({len(r.timesteps) - r.step for r in rows}) > 1:
-        raise ValueError(f"rows with different steps left: {sorted({len(r.timesteps) - r.step for r in rows})}")
+    left = {len(r.timesteps) - r.step for r in rows}
+    if len(left) > 1:
+        raise ValueError(f"rows with different steps left: {sorted(left)}")
     while rows and not rows[0].done:
         demask_step(backend, rows)
 
